@@ -1,0 +1,77 @@
+"""Tokenizers: a real model's own, or a byte-level BPE trained on the corpus for from-scratch tiny models.
+
+The trained tokenizer carries Qwen's special tokens, so chat, tool-call and vision markup tokenises the
+same way as for released checkpoints, and is saved as a transformers tokenizer that exports can carry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+log = logging.getLogger(__name__)
+
+QWEN_SPECIAL_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+    "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+]
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE and save it (atomically) as a transformers tokenizer folder."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=QWEN_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=QWEN_SPECIAL_TOKENS[1:],
+        model_max_length=1 << 20,
+    )
+    out = Path(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    fast.save_pretrained(tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return fast
+
+
+def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            yield json.loads(line)[field]
+
+
+def load_or_train_tokenizer(tokenizer_path: str | None, corpus_file: Path | None, vocab_size: int,
+                            cache_dir: Path, text_field: str = "text") -> PreTrainedTokenizerBase:
+    """A given tokenizer folder, or one trained once on `corpus_file` and cached in `cache_dir`."""
+    if tokenizer_path is not None:
+        if not os.path.isdir(tokenizer_path):
+            raise ValueError(f"data.tokenizer={tokenizer_path!r}: no such directory")
+        return AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=False)
+    if (cache_dir / "tokenizer.json").exists():
+        return AutoTokenizer.from_pretrained(cache_dir)
+    if corpus_file is None:
+        raise ValueError("data.tokenizer is null and there is no corpus to train a tokenizer on")
+    log.info("training a %d-token byte-level BPE on %s", vocab_size, corpus_file)
+    cache_dir.parent.mkdir(parents=True, exist_ok=True)
+    return train_bpe_tokenizer(_jsonl_texts(corpus_file, text_field), vocab_size, cache_dir)

@@ -1,0 +1,1 @@
+"""moe-pipeline training package: Hydra entry points, engine, checkpoints, metrics."""

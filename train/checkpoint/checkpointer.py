@@ -1,0 +1,175 @@
+"""Save, rotate and auto-resume DeepSpeed checkpoints, with a safe path across topology changes.
+
+Layout: `<run>/checkpoints/step_00000100/` holds DeepSpeed's files, `trainer_state_rank<r>.pt` per rank
+(RNG, data position), `meta.json` (step, wandb id, topology) and, last, the `COMPLETE` marker. A folder
+without the marker is never resumed from. Resuming with another EP size or world size would silently
+corrupt a normal checkpoint's optimizer state (CONTEXT.md §3), so it goes through DeepSpeed's universal
+checkpoint conversion instead; that is chosen before the engine is built (`load_universal`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from train.engine.distributed import barrier
+
+log = logging.getLogger(__name__)
+
+COMPLETE = "COMPLETE"
+META = "meta.json"
+_STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def rng_state() -> dict[str, Any]:
+    """Plain types and tensors only, so the file loads with `torch.load(weights_only=True)`."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+@dataclass(frozen=True)
+class Topology:
+    world_size: int
+    ep_size: int
+    zero_stage: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"world_size": self.world_size, "ep_size": self.ep_size, "zero_stage": self.zero_stage}
+
+
+@dataclass(frozen=True)
+class ResumePlan:
+    tag: str
+    step: int
+    meta: dict[str, Any]
+    universal: bool
+
+    @property
+    def load_tag(self) -> str:
+        return self.tag + "_universal" if self.universal else self.tag
+
+
+class Checkpointer:
+    def __init__(self, ckpt_dir: Path, keep_last: int, rank: int, world_size: int) -> None:
+        self.dir = Path(ckpt_dir)
+        self.keep_last = keep_last
+        self.rank = rank
+        self.world_size = world_size
+
+    def complete_tags(self) -> list[str]:
+        """Tags with a COMPLETE marker, oldest first; incomplete folders are reported and skipped."""
+        if not self.dir.is_dir():
+            return []
+        tags = []
+        for p in sorted(self.dir.iterdir()):
+            if not _STEP_DIR.match(p.name):
+                continue
+            if (p / COMPLETE).exists():
+                tags.append(p.name)
+            elif self.rank == 0:
+                log.warning("skipping incomplete checkpoint %s (no %s marker)", p, COMPLETE)
+        return tags
+
+    def plan_resume(self, topology: Topology) -> ResumePlan | None:
+        """The latest complete checkpoint and whether it must be loaded through a universal conversion."""
+        tags = self.complete_tags()
+        if not tags:
+            return None
+        tag = tags[-1]
+        meta = json.loads((self.dir / tag / META).read_text())
+        saved = Topology(**meta["topology"])
+        universal = (saved.world_size, saved.ep_size) != (topology.world_size, topology.ep_size)
+        if saved.zero_stage != topology.zero_stage:
+            universal = True
+        if universal:
+            if 3 in (saved.zero_stage, topology.zero_stage):
+                raise ValueError(f"{self.dir / tag}: saved with {saved}, this run has {topology}; "
+                                 "changing topology is supported for ZeRO stages 0-2 only (ZeRO-3 universal "
+                                 "checkpoints drift after one step). Resume with the saved ep_size and world size.")
+            log.info("checkpoint %s was saved with %s; this run has %s: loading through a universal checkpoint",
+                     tag, saved, topology)
+            self._convert_to_universal(tag)
+        return ResumePlan(tag=tag, step=int(meta["step"]), meta=meta, universal=universal)
+
+    def _convert_to_universal(self, tag: str) -> None:
+        """DeepSpeed's ds_to_universal on rank 0 into `<tag>_universal`, atomically; others wait."""
+        out = self.dir / (tag + "_universal")
+        if self.rank == 0 and not (out / COMPLETE).exists():
+            tmp = self.dir / (tag + "_universal.tmp")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                   str(self.dir / tag), "--output_folder", str(tmp), "--num_extract_workers", "1",
+                   "--num_merge_workers", "1"]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"ds_to_universal failed for {self.dir / tag}:\n{proc.stderr[-4000:]}")
+            for name in (META,):
+                shutil.copy(self.dir / tag / name, tmp / name)
+            (tmp / COMPLETE).write_text("ok\n")
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(tmp, out)
+        barrier()
+
+    def save(self, engine, step: int, rank_state: dict[str, Any], meta: dict[str, Any]) -> Path:
+        """Collective: every rank calls it. The COMPLETE marker is written only after all ranks finished."""
+        tag = tag_for(step)
+        path = self.dir / tag
+        if self.rank == 0 and path.exists():
+            shutil.rmtree(path)
+        barrier()
+        engine.save_checkpoint(str(self.dir), tag=tag, client_state={"step": step}, save_latest=False)
+        torch.save(rank_state, path / f"trainer_state_rank{self.rank}.pt")
+        barrier()
+        if self.rank == 0:
+            (path / META).write_text(json.dumps({"step": step, **meta}, indent=2))
+            (path / COMPLETE).write_text("ok\n")
+            self._rotate()
+        barrier()
+        return path
+
+    def _rotate(self) -> None:
+        tags = self.complete_tags()
+        for old in tags[:-self.keep_last]:
+            shutil.rmtree(self.dir / old, ignore_errors=True)
+            shutil.rmtree(self.dir / (old + "_universal"), ignore_errors=True)
+
+    def load(self, engine, plan: ResumePlan) -> dict[str, Any] | None:
+        """Load engine states; returns this rank's trainer state (None when the world size changed)."""
+        load_path, _ = engine.load_checkpoint(str(self.dir), tag=plan.load_tag)
+        if load_path is None:
+            raise RuntimeError(f"DeepSpeed could not load {self.dir / plan.load_tag}")
+        rank_file = self.dir / plan.tag / f"trainer_state_rank{self.rank}.pt"
+        if plan.universal or not rank_file.exists():
+            return None
+        return torch.load(rank_file, weights_only=True)

@@ -1,0 +1,193 @@
+"""Typed schemas for every Hydra config group, so a typo or a wrong type fails at composition time.
+
+The schemas are registered in Hydra's ConfigStore; `configs/*.yaml` list them first in their defaults so
+that every group file is merged onto a typed node. `validate()` adds the cross-field checks a schema
+cannot express, and runs before any process group is created.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+MODEL_FAMILIES = ("qwen3_moe", "qwen3_5_moe")
+
+
+@dataclass
+class ModelConfig:
+    family: str = MISSING
+    # A local Hugging Face folder (config.json + safetensors). Its config wins over `hf_config`.
+    init_from: str | None = None
+    # Keyword arguments for the transformers config class; nested `text_config`/`vision_config` for Qwen3.5.
+    hf_config: dict[str, Any] = field(default_factory=dict)
+    activation_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+    trust_remote_code: bool = False
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 1
+    overlap_comm: bool = False
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int = 500_000_000
+    allgather_bucket_size: int = 500_000_000
+    offload_optimizer: bool = False
+
+
+@dataclass
+class ParallelConfig:
+    ep_size: int = 1
+    backend: str = "auto"  # auto: nccl with CUDA, gloo on CPU
+    timeout_s: int = 1800
+    use_grouped_mm: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class LossConfig:
+    aux_coef: float = 1e-3
+    z_coef: float = 1e-3
+
+
+@dataclass
+class DataConfig:
+    kind: str = "text"
+    # "generated" builds the embedded corpus under paths.data_dir; otherwise local files or folders
+    # (jsonl, json, parquet, arrow, or a `save_to_disk` folder).
+    source: str = "generated"
+    paths: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    num_documents: int = 20_000
+    seq_len: int = 256
+    # auto: packed rows with restarting position ids where attention keeps documents apart,
+    # one document per row where it cannot (Gated DeltaNet without varlen kernels).
+    packing: str = "auto"
+    tokenizer: str | None = None
+    vocab_size: int = 4096
+    validation_fraction: float = 0.02
+    seed: int = 0
+
+
+@dataclass
+class LoggerConfig:
+    wandb_mode: str = "offline"  # offline | online | disabled
+    project: str = "moe-pipeline"
+    entity: str | None = None
+    log_every: int = 10
+    progress: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 100
+    micro_batch_size: int = 8
+    grad_accum_steps: int = 1
+    precision: str = "auto"  # auto: bf16 with CUDA, fp32 on CPU
+    seed: int = 1234
+    checkpoint_every: int = 50
+    keep_last: int = 3
+    resume: bool = True
+    # Peak dense TFLOP/s of one device for MFU; null measures an fp32 matmul on CPU or looks the GPU up.
+    peak_tflops_per_device: float | None = None
+    # Stop after this many steps in this process (tests and preemption drills); null runs to max_steps.
+    stop_after_steps: int | None = None
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = "."
+    runs_dir: str = "runs"
+    data_dir: str = "data"
+    cache_dir: str = ".cache"
+
+
+@dataclass
+class PretrainConfig:
+    run_name: str = "default"
+    # null: Hydra's run directory (runs/<run_name>, the same on every rank and across restarts).
+    run_dir: str | None = None
+    model: ModelConfig = field(default_factory=ModelConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_configs() -> None:
+    """Make the schemas available to the `defaults` lists in configs/."""
+    cs = ConfigStore.instance()
+    cs.store(name="pretrain_schema", node=PretrainConfig)
+
+
+def _choice(key: str, value: Any, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{key}={value!r} is not one of {list(allowed)}")
+
+
+def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) -> None:
+    """Cross-field checks; raise ValueError naming the key. Runs before any process group exists."""
+    if world_size is None:
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    _choice("model.family", cfg.model.family, MODEL_FAMILIES)
+    _choice("deepspeed.zero_stage", cfg.deepspeed.zero_stage, (0, 1, 2, 3))
+    _choice("parallel.backend", cfg.parallel.backend, ("auto", "nccl", "gloo"))
+    _choice("trainer.precision", cfg.trainer.precision, ("auto", "fp32", "bf16"))
+    _choice("logger.wandb_mode", cfg.logger.wandb_mode, ("offline", "online", "disabled"))
+    _choice("data.packing", cfg.data.packing, ("auto", "packed", "per_document"))
+    _choice("data.kind", cfg.data.kind, ("text",))
+    if cfg.model.trust_remote_code:
+        raise ValueError("model.trust_remote_code=true is refused: the model classes are transformers' own")
+    if cfg.model.init_from is not None and not os.path.isdir(cfg.model.init_from):
+        raise ValueError(f"model.init_from={cfg.model.init_from!r}: no such directory")
+    if cfg.model.init_from is not None and not os.path.isfile(os.path.join(cfg.model.init_from, "config.json")):
+        raise ValueError(f"model.init_from={cfg.model.init_from!r}: no config.json in that directory")
+    if cfg.data.source != "generated":
+        if not cfg.data.paths:
+            raise ValueError("data.paths is empty: list local files or folders, or set data.source=generated")
+        for p in cfg.data.paths:
+            if not os.path.exists(p):
+                raise ValueError(f"data.paths: {p!r} does not exist")
+    positive = {
+        "parallel.ep_size": cfg.parallel.ep_size,
+        "trainer.max_steps": cfg.trainer.max_steps,
+        "trainer.micro_batch_size": cfg.trainer.micro_batch_size,
+        "trainer.grad_accum_steps": cfg.trainer.grad_accum_steps,
+        "trainer.checkpoint_every": cfg.trainer.checkpoint_every,
+        "trainer.keep_last": cfg.trainer.keep_last,
+        "logger.log_every": cfg.logger.log_every,
+        "data.seq_len": cfg.data.seq_len,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{key}={value} must be >= 1")
+    if world_size % cfg.parallel.ep_size != 0:
+        raise ValueError(f"parallel.ep_size={cfg.parallel.ep_size} does not divide the world size {world_size}")
+    if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:
+        raise ValueError(f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} must be in [0, 1]")
+    if cfg.optim.grad_clip < 0:
+        raise ValueError(f"optim.grad_clip={cfg.optim.grad_clip} must be >= 0 (0 disables clipping)")
+
+
+def to_container(cfg: PretrainConfig | DictConfig) -> dict:
+    """Plain dict of the resolved config, for the run directory and wandb."""
+    return OmegaConf.to_container(cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg), resolve=True)

@@ -1,0 +1,133 @@
+"""The step loop: lr -> micro-steps (forward, losses, backward) -> step -> log -> checkpoint.
+
+Everything else (schedule, losses, metrics, checkpoints, data position) is a thing this loop calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from train.checkpoint.checkpointer import Checkpointer, rng_state
+from train.engine.losses import moe_losses
+from train.engine.lr_schedule import get_lr
+from train.metrics.expert_load import ExpertLoad
+from train.metrics.logger import MetricsLogger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopSettings:
+    max_steps: int
+    log_every: int
+    checkpoint_every: int
+    stop_after_steps: int | None
+    lr: float
+    warmup_steps: int
+    min_lr_ratio: float
+    aux_coef: float
+    z_coef: float
+    num_experts: int
+    top_k: int
+    flops_per_token: float
+    peak_tflops: float
+    pass_position_ids: bool
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class StopRequest:
+    """SIGTERM/SIGUSR1 (Slurm preemption) ask for a checkpoint and a clean exit at the end of the step."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise SystemExit(128 + signum)
+        self.requested = True
+        log.warning("signal %d: will checkpoint and exit after this step", signum)
+
+
+def _peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, checkpointer: Checkpointer,
+               expert_load: ExpertLoad, start_step: int, device: torch.device) -> dict[str, Any]:
+    """Run from `start_step` to `max_steps` (or until stopped); returns the last logged metrics."""
+    s = settings
+    stop = StopRequest()
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    step = start_step
+    steps_this_run = 0
+    window_tokens, window_t0 = 0, time.perf_counter()
+    last: dict[str, Any] = {}
+    engine.train()
+    while step < s.max_steps:
+        lr = get_lr(step, s.lr, s.warmup_steps, s.max_steps, s.min_lr_ratio)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
+        sums = torch.zeros(5, dtype=torch.float64)  # total, lm, aux, z, non-finite count
+        micro_batches = batches.next_step()
+        for mb in micro_batches:
+            kwargs = {"input_ids": mb["input_ids"].to(device)}
+            if s.pass_position_ids:
+                kwargs["position_ids"] = mb["position_ids"].to(device)
+            out = engine(**kwargs, output_router_logits=True, use_cache=False)
+            terms = moe_losses(out.logits, mb["labels"].to(device), out.router_logits, s.num_experts, s.top_k,
+                               s.aux_coef, s.z_coef)
+            engine.backward(terms.total)
+            engine.step()
+            values = torch.stack([terms.total, terms.lm, terms.aux, terms.z]).detach().double().cpu()
+            sums[:4] += values
+            sums[4] += float(not torch.isfinite(values).all())
+            expert_load.update(out.router_logits)
+            window_tokens += mb["input_ids"].numel()
+        step += 1
+        steps_this_run += 1
+        flags = torch.tensor([sums[4].item(), float(stop.requested)], dtype=torch.float64)
+        reduced = torch.cat([sums[:4], flags]).to(device)
+        if world > 1:
+            dist.all_reduce(reduced)
+        reduced = reduced.cpu()
+        if reduced[4] > 0:
+            raise FloatingPointError(f"non-finite loss at step {step}: nothing from this step is saved")
+        mean = reduced[:4] / (world * len(micro_batches))
+        if step % s.log_every == 0 or step == s.max_steps:
+            elapsed = time.perf_counter() - window_t0
+            tokens_per_s = window_tokens * world / elapsed
+            grad_norm = engine.get_global_grad_norm()
+            last = {
+                "loss": float(mean[0]), "lm_loss": float(mean[1]), "aux_loss": float(mean[2]),
+                "z_loss": float(mean[3]), "lr": lr,
+                "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+                "tokens_per_s": tokens_per_s,
+                "tflops_per_device": tokens_per_s / world * s.flops_per_token / 1e12,
+                "peak_memory_gib": _peak_memory_gib(device),
+                "steps_this_run": steps_this_run,
+            }
+            last["mfu"] = last["tflops_per_device"] / s.peak_tflops
+            last.update(expert_load.reduce_and_reset(device))
+            metrics.log(step, last)
+            window_tokens, window_t0 = 0, time.perf_counter()
+        stopping = bool(reduced[5] > 0) or (s.stop_after_steps is not None and steps_this_run >= s.stop_after_steps)
+        if step % s.checkpoint_every == 0 or step == s.max_steps or stopping:
+            meta = {**s.meta, "data": batches.state_dict(), "wandb_id": metrics.wandb_id}
+            checkpointer.save(engine, step, {"rng": rng_state()}, meta)
+        if stopping:
+            log.warning("stopping at step %d (%s)", step, "signal" if reduced[5] > 0 else "stop_after_steps")
+            break
+    return {"step": step, **last}

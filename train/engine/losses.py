@@ -1,0 +1,49 @@
+"""Training losses: causal-LM cross entropy, HF's load-balancing aux loss, and a router z-loss.
+
+All three read the model's outputs; router logits come from HF's output capture (AutoEP returns them raw
+after `autoep_shims.capture_raw_router_logits`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LossTerms:
+    total: torch.Tensor
+    lm: torch.Tensor
+    aux: torch.Tensor
+    z: torch.Tensor
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross entropy over labelled positions, in fp32, as transformers computes it."""
+    shift_logits = logits[:, :-1, :].float().reshape(-1, logits.shape[-1])
+    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
+    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+
+
+def load_balancing_loss(router_logits: tuple[torch.Tensor, ...], num_experts: int, top_k: int) -> torch.Tensor:
+    """transformers' own Switch-style aux loss over all MoE layers (no re-implementation)."""
+    return load_balancing_loss_func(router_logits, num_experts, top_k, None)
+
+
+def router_z_loss(router_logits: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """ST-MoE z-loss: mean squared log-partition of the router logits, averaged over layers."""
+    per_layer = [torch.logsumexp(x.float(), dim=-1).square().mean() for x in router_logits]
+    return torch.stack(per_layer).mean()
+
+
+def moe_losses(logits: torch.Tensor, labels: torch.Tensor, router_logits: tuple[torch.Tensor, ...],
+               num_experts: int, top_k: int, aux_coef: float, z_coef: float) -> LossTerms:
+    lm = causal_lm_loss(logits, labels)
+    aux = load_balancing_loss(router_logits, num_experts, top_k)
+    z = router_z_loss(router_logits)
+    return LossTerms(total=lm + aux_coef * aux + z_coef * z, lm=lm, aux=aux, z=z)

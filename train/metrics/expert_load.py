@@ -1,0 +1,55 @@
+"""Per-layer expert load counted from the router logits of each step.
+
+AutoEP's own `tokens_per_expert` buffer is never reset and also counts activation-checkpoint recomputes, so
+the counts here come from the top-k of the captured logits of the real forward passes only.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+
+class ExpertLoad:
+    def __init__(self, num_layers: int, num_experts: int, top_k: int) -> None:
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.counts = torch.zeros(num_layers, num_experts, dtype=torch.float64)
+
+    @torch.no_grad()
+    def update(self, router_logits: tuple[torch.Tensor, ...]) -> None:
+        for layer, logits in enumerate(router_logits):
+            chosen = logits.detach().topk(self.top_k, dim=-1).indices.reshape(-1)
+            self.counts[layer] += torch.bincount(chosen.cpu(), minlength=self.num_experts).double()
+
+    def reduce_and_reset(self, device: torch.device) -> dict:
+        """Sum over all ranks (collective: every rank must call it) and summarise; then start a new window."""
+        counts = self.counts.clone().to(device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(counts)
+        counts = counts.cpu()
+        self.counts.zero_()
+        return summarize(counts)
+
+
+def summarize(counts: torch.Tensor) -> dict:
+    """Imbalance (max/mean), dead experts and load entropy (1.0 = uniform) per layer and overall."""
+    mean = counts.mean(dim=1).clamp_min(1e-12)
+    imbalance = counts.max(dim=1).values / mean
+    dead = (counts == 0).sum(dim=1)
+    p = counts / counts.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    entropy = -(p * p.clamp_min(1e-12).log()).sum(dim=1) / math.log(counts.shape[1])
+    return {
+        "expert/imbalance_max": float(imbalance.max()),
+        "expert/imbalance_mean": float(imbalance.mean()),
+        "expert/dead": int(dead.sum()),
+        "expert/entropy_min": float(entropy.min()),
+        "expert/per_layer": {
+            "imbalance": [round(float(x), 4) for x in imbalance],
+            "dead": [int(x) for x in dead],
+            "entropy": [round(float(x), 4) for x in entropy],
+            "load": counts.to(torch.int64).tolist(),
+        },
+    }

@@ -1,0 +1,92 @@
+"""Build transformers' own Qwen MoE classes from a config group or a local checkpoint folder.
+
+Unknown `model.hf_config` keys fail here with their full name, so a typo never silently falls back to a
+transformers default.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+import os
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from transformers import (
+    PretrainedConfig,
+    PreTrainedModel,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+)
+
+from train.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+FAMILIES: dict[str, tuple[type[PretrainedConfig], type[PreTrainedModel]]] = {
+    "qwen3_moe": (Qwen3MoeConfig, Qwen3MoeForCausalLM),
+    "qwen3_5_moe": (Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration),
+}
+_NESTED = ("text_config", "vision_config")
+# Read by the modeling code with getattr() but absent from the config signature in transformers 5.24.
+_EXTRA_KEYS = {"head_dim"}
+
+
+def _known_keys(reference: PretrainedConfig) -> set[str]:
+    params = set(inspect.signature(type(reference).__init__).parameters) - {"self", "kwargs"}
+    return params | set(reference.attribute_map) | set(vars(reference)) | _EXTRA_KEYS
+
+
+def _check_keys(kwargs: dict[str, Any], reference: PretrainedConfig, prefix: str) -> None:
+    for key, value in kwargs.items():
+        if prefix == "model.hf_config" and key in _NESTED and isinstance(value, dict):
+            _check_keys(value, getattr(reference, key), f"{prefix}.{key}")
+            continue
+        if key not in _known_keys(reference):
+            raise ValueError(f"{prefix}.{key}: not a field of {type(reference).__name__}")
+
+
+def build_hf_config(model_cfg: ModelConfig, vocab_size: int | None = None) -> PretrainedConfig:
+    """The transformers config: from `init_from`/config.json if given, else from `hf_config`."""
+    config_cls, _ = FAMILIES[model_cfg.family]
+    if model_cfg.init_from is not None:
+        path = os.path.join(model_cfg.init_from, "config.json")
+        with open(path, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+        if model_type != config_cls.model_type:
+            raise ValueError(f"{path}: model_type {model_type!r} does not match model.family={model_cfg.family!r} "
+                             f"(expects {config_cls.model_type!r})")
+        return config_cls.from_pretrained(model_cfg.init_from)
+    hf = model_cfg.hf_config
+    kwargs = OmegaConf.to_container(hf, resolve=True) if OmegaConf.is_config(hf) else copy.deepcopy(dict(hf))
+    _check_keys(kwargs, config_cls(), "model.hf_config")
+    if model_cfg.family == "qwen3_5_moe":
+        text = dict(kwargs.get("text_config", {}))
+        if vocab_size is not None and "vocab_size" not in text:
+            text["vocab_size"] = vocab_size
+        kwargs["text_config"] = text
+    elif vocab_size is not None and "vocab_size" not in kwargs:
+        kwargs["vocab_size"] = vocab_size
+    return config_cls(**kwargs)
+
+
+def build_model(model_cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype, seed: int) -> PreTrainedModel:
+    """Random init (seeded, identical on every rank) or weights from the local `init_from` folder."""
+    _, model_cls = FAMILIES[model_cfg.family]
+    if model_cfg.init_from is not None:
+        model = model_cls.from_pretrained(model_cfg.init_from, config=hf_config, dtype=dtype,
+                                          attn_implementation=model_cfg.attn_implementation,
+                                          trust_remote_code=False, use_safetensors=True)
+    else:
+        torch.manual_seed(seed)
+        hf_config._attn_implementation = model_cfg.attn_implementation
+        model = model_cls._from_config(hf_config, dtype=dtype)
+    model.config.use_cache = False
+    if model_cfg.activation_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model

@@ -1,0 +1,125 @@
+"""Pretrain (or continue pretraining) a Qwen MoE with DeepSpeed ZeRO + AutoEP expert parallelism.
+
+    python -m train.pretrain experiment=pretrain_text_tiny
+    torchrun --nproc_per_node 2 -m train.pretrain experiment=pretrain_text_tiny parallel.ep_size=2
+    torchrun ... -m train.pretrain model=qwen3_30b_a3b model.init_from=/models/Qwen3-30B-A3B deepspeed=zero2 \
+        parallel.ep_size=8
+
+Re-running the same command resumes from the run's latest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from train.config import PretrainConfig, register_configs, to_container, validate
+
+log = logging.getLogger("train.pretrain")
+register_configs()
+
+
+def _pad_vocab(n: int, multiple: int = 64) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Validate -> distributed -> data -> model -> engine -> resume -> loop. Returns the last metrics."""
+    validate(cfg)
+    from train.models.build import build_hf_config
+
+    probe = build_hf_config(cfg.model)  # key typos and family mismatches fail before any process group
+    text = probe.get_text_config()
+    if text.num_experts % cfg.parallel.ep_size != 0:
+        raise ValueError(f"parallel.ep_size={cfg.parallel.ep_size} does not divide num_experts={text.num_experts}")
+
+    from train.engine.distributed import configure_accelerator_env
+
+    configure_accelerator_env(cfg.paths.cache_dir)
+    from data_pipelines.loader import ResumableBatches
+    from data_pipelines.pretrain_text import prepare_text_data
+    from train.checkpoint.checkpointer import Checkpointer, Topology, set_rng_state
+    from train.engine.deepspeed_setup import build_engine, resolve_dtype
+    from train.engine.distributed import barrier, init_distributed
+    from train.engine.loop import LoopSettings, train_loop
+    from train.metrics.expert_load import ExpertLoad
+    from train.metrics.logger import MetricsLogger
+    from train.metrics.throughput import device_peak_tflops, flops_per_token
+    from train.models.build import build_model
+
+    run_dir = Path(run_dir)
+    dist_info = init_distributed(cfg.parallel.backend, cfg.parallel.timeout_s)
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(to_container(cfg), indent=2))
+
+    data = prepare_text_data(cfg.data, probe, Path(cfg.paths.data_dir), Path(cfg.paths.cache_dir),
+                             dist_info.is_main, barrier)
+    vocab = None if cfg.model.init_from else _pad_vocab(len(data.tokenizer))
+    hf_config = build_hf_config(cfg.model, vocab_size=vocab)
+    if hf_config.get_text_config().vocab_size < len(data.tokenizer):
+        raise ValueError(f"the tokenizer has {len(data.tokenizer)} tokens, the model's vocab_size is "
+                         f"{hf_config.get_text_config().vocab_size}")
+    model = build_model(cfg.model, hf_config, resolve_dtype(cfg.trainer.precision), cfg.trainer.seed)
+    if dist_info.is_main:
+        data.tokenizer.save_pretrained(run_dir / "tokenizer")
+
+    checkpointer = Checkpointer(run_dir / "checkpoints", cfg.trainer.keep_last, dist_info.rank,
+                                dist_info.world_size)
+    topology = Topology(dist_info.world_size, cfg.parallel.ep_size, cfg.deepspeed.zero_stage)
+    plan = checkpointer.plan_resume(topology) if cfg.trainer.resume else None
+    engine = build_engine(cfg, model, load_universal=plan is not None and plan.universal)
+
+    batches = ResumableBatches(data.train_rows, cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps,
+                               dist_info.rank, dist_info.world_size, cfg.data.seed)
+    start_step, wandb_id = 0, None
+    if plan is not None:
+        rank_state = checkpointer.load(engine, plan)
+        batches.load_state_dict(plan.meta["data"])
+        if rank_state is not None:
+            set_rng_state(rank_state["rng"])
+        start_step, wandb_id = plan.step, plan.meta.get("wandb_id")
+        log.info("resumed from %s at step %d", plan.tag, start_step) if dist_info.is_main else None
+
+    metrics = MetricsLogger(run_dir, dist_info.is_main, cfg.logger.wandb_mode, cfg.logger.project,
+                            cfg.logger.entity, cfg.run_name, to_container(cfg), wandb_id,
+                            cfg.trainer.max_steps, cfg.logger.progress)
+    text = hf_config.get_text_config()
+    settings = LoopSettings(
+        max_steps=cfg.trainer.max_steps, log_every=cfg.logger.log_every,
+        checkpoint_every=cfg.trainer.checkpoint_every, stop_after_steps=cfg.trainer.stop_after_steps,
+        lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps, min_lr_ratio=cfg.optim.min_lr_ratio,
+        aux_coef=cfg.loss.aux_coef, z_coef=cfg.loss.z_coef, num_experts=text.num_experts,
+        top_k=text.num_experts_per_tok, flops_per_token=flops_per_token(hf_config, cfg.data.seq_len),
+        peak_tflops=device_peak_tflops(cfg.trainer.peak_tflops_per_device),
+        pass_position_ids=data.packing == "packed",
+        meta={"topology": topology.as_dict(), "family": cfg.model.family},
+    )
+    expert_load = ExpertLoad(text.num_hidden_layers, text.num_experts, text.num_experts_per_tok)
+    try:
+        result = train_loop(engine, batches, settings, metrics, checkpointer, expert_load, start_step,
+                            dist_info.device)
+        metrics.summary({k: v for k, v in result.items() if not k.startswith("expert/per_layer")})
+    finally:
+        metrics.close()
+    return result
+
+
+@hydra.main(config_path="../configs", config_name="pretrain", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = cfg.run_dir or HydraConfig.get().runtime.output_dir
+    logging.getLogger().setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
+    log.debug(OmegaConf.to_yaml(cfg))
+    pretrain(cfg, run_dir)
+
+
+if __name__ == "__main__":
+    main()
