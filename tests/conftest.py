@@ -1,0 +1,73 @@
+"""Shared fixtures: composed configs, a shared generated-data folder, and a torchrun launcher for runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def compose(overrides: list[str], config_name: str = "pretrain"):
+    """The config a user gets from the CLI with these overrides (Hydra's compose API)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from train.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+@pytest.fixture(scope="session")
+def shared_data(tmp_path_factory) -> dict[str, str]:
+    """Data and cache folders reused by every run in the session (the corpus and tokenizer are built once)."""
+    base = tmp_path_factory.mktemp("shared")
+    return {"data": str(base / "data"), "cache": str(base / "cache")}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunResult:
+    def __init__(self, proc: subprocess.CompletedProcess, run_dir: Path) -> None:
+        self.proc = proc
+        self.run_dir = run_dir
+        self.output = proc.stdout + proc.stderr
+
+    @property
+    def metrics(self) -> list[dict]:
+        path = self.run_dir / "metrics.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    def losses(self) -> dict[int, float]:
+        return {m["step"]: m["loss"] for m in self.metrics}
+
+
+def run_pretrain(run_dir: Path, nproc: int, overrides: list[str], shared: dict[str, str],
+                 module: str = "train.pretrain", timeout: int = 900, check: bool = True) -> RunResult:
+    """`torchrun --nproc_per_node N -m train.pretrain ...` exactly as a user runs it."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
+           f"--master_port={_free_port()}", "-m", module, *overrides,
+           f"paths.data_dir={shared['data']}", f"paths.cache_dir={shared['cache']}",
+           f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    result = RunResult(proc, run_dir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"run failed ({proc.returncode}):\n{result.output[-6000:]}")
+    return result

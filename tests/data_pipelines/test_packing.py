@@ -1,0 +1,53 @@
+"""Packed rows equal per-document forward passes where attention keeps documents apart; GDN falls back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from data_pipelines.packing import IGNORE_INDEX, pack_documents, resolve_packing_mode
+from tests.conftest import compose
+from train.models.build import build_hf_config, build_model
+
+
+def test_pack_documents_layout():
+    rows = pack_documents([[1, 2, 3], [4, 5], [6, 7, 8, 9, 10]], seq_len=6, mode="packed", pad_id=0)
+    assert rows["input_ids"] == [[1, 2, 3, 4, 5, 0], [6, 7, 8, 9, 10, 0]]
+    assert rows["position_ids"] == [[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 4, 0]]
+    assert rows["labels"] == [[IGNORE_INDEX, 2, 3, IGNORE_INDEX, 5, IGNORE_INDEX],
+                              [IGNORE_INDEX, 7, 8, 9, 10, IGNORE_INDEX]]
+    per_doc = pack_documents([[1, 2, 3], [4, 5]], seq_len=4, mode="per_document", pad_id=0)
+    assert per_doc["input_ids"] == [[1, 2, 3, 0], [4, 5, 0, 0]]
+
+
+def test_long_documents_are_split_not_dropped():
+    rows = pack_documents([list(range(1, 11))], seq_len=4, mode="packed", pad_id=0)
+    kept = [t for row, lab in zip(rows["input_ids"], rows["labels"], strict=True) for t in row if t]
+    assert kept == list(range(1, 11))
+
+
+def test_packed_logits_equal_per_document_logits_qwen3_moe():
+    cfg = compose(["experiment=ci_tiny"])
+    config = build_hf_config(cfg.model, vocab_size=128)
+    model = build_model(cfg.model, config, torch.float32, seed=0).eval()
+    g = torch.Generator().manual_seed(1)
+    docs = [torch.randint(1, 128, (n,), generator=g).tolist() for n in (7, 12, 9)]
+    rows = pack_documents(docs, seq_len=32, mode="packed", pad_id=0)
+    assert len(rows["input_ids"]) == 1
+    with torch.no_grad():
+        packed = model(input_ids=torch.tensor(rows["input_ids"]), position_ids=torch.tensor(rows["position_ids"]),
+                       use_cache=False).logits[0]
+        start = 0
+        for doc in docs:
+            alone = model(input_ids=torch.tensor([doc]), use_cache=False).logits[0]
+            torch.testing.assert_close(packed[start:start + len(doc)], alone, atol=1e-5, rtol=1e-5)
+            start += len(doc)
+
+
+def test_auto_packing_never_packs_gated_deltanet():
+    qwen3 = build_hf_config(compose(["experiment=ci_tiny"]).model)
+    qwen3_5 = build_hf_config(compose(["model=qwen3_5_moe_tiny"]).model)
+    assert resolve_packing_mode("auto", qwen3) == "packed"
+    assert resolve_packing_mode("auto", qwen3_5) == "per_document"
+    with pytest.raises(ValueError, match="would leak state across documents"):
+        resolve_packing_mode("packed", qwen3_5)

@@ -1,0 +1,58 @@
+"""At init, the AutoEP engine's loss equals transformers' own model with the same weights (<= 1e-5).
+
+Runs in-process with a world of one; the reference is the untouched HF model's own `loss`
+(cross entropy + router_aux_loss_coef * its load-balancing loss).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tests.conftest import compose
+from train.engine.losses import moe_losses
+
+TINY_QWEN3_5 = [
+    "model=qwen3_5_moe_tiny",
+    "model.hf_config.text_config.hidden_size=64",
+    "model.hf_config.text_config.num_experts=8",
+    "model.hf_config.text_config.moe_intermediate_size=32",
+    "model.hf_config.text_config.shared_expert_intermediate_size=32",
+    "model.hf_config.vision_config.out_hidden_size=64",
+    "+model.hf_config.text_config.vocab_size=256",
+]
+TINY_QWEN3 = ["experiment=ci_tiny", "+model.hf_config.vocab_size=256"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def world_of_one():
+    from train.engine.distributed import configure_accelerator_env, init_distributed
+
+    configure_accelerator_env(".cache")
+    init_distributed("gloo")
+
+
+@pytest.mark.parametrize("overrides", [TINY_QWEN3, TINY_QWEN3_5], ids=["qwen3_moe", "qwen3_5_moe"])
+def test_init_loss_equals_transformers(overrides):
+    from train.engine.deepspeed_setup import build_engine
+    from train.models.build import build_hf_config, build_model
+
+    cfg = compose(overrides)
+    hf_config = build_hf_config(cfg.model)
+    model = build_model(cfg.model, hf_config, torch.float32, seed=0)
+    reference = copy.deepcopy(model).eval()
+    engine = build_engine(cfg, model)
+    engine.eval()
+    text = hf_config.get_text_config()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, text.vocab_size, (2, 48), generator=g)
+    with torch.no_grad():
+        ref = reference(input_ids=ids, labels=ids, output_router_logits=True, use_cache=False)
+        out = engine(input_ids=ids, output_router_logits=True, use_cache=False)
+    ours = moe_losses(out.logits, ids, out.router_logits, text.num_experts, text.num_experts_per_tok,
+                      aux_coef=text.router_aux_loss_coef, z_coef=0.0)
+    assert ours.total.item() == pytest.approx(ref.loss.item(), abs=1e-5)
+    assert ours.aux.item() == pytest.approx(ref.aux_loss.item(), abs=1e-5)
+    assert torch.allclose(out.logits, ref.logits, atol=1e-5)
