@@ -1,0 +1,189 @@
+"""MoE block forward+backward time against a dense matmul of the same FLOPs, measured side by side.
+
+    .venv/bin/python -m benchmarks.moe_block              # CPU, fp32, the issue's grid
+    .venv/bin/python -m benchmarks.moe_block --device cuda --dtype bf16 --grid gpu
+
+Implementations timed on the same tokens and weights:
+  ours            DeepSpeed AutoEP `AutoEPMoELayer` (our training path), EP=1 in one process
+  hf_eager        transformers' Qwen3MoeSparseMoeBlock, per-expert loop
+  hf_grouped_mm   the same block with `_experts_implementation="grouped_mm"`
+  hf_batched_mm   the same block with `_experts_implementation="batched_mm"`
+  ds_native       deepspeed.moe.layer.MoE, top-k, drop_tokens=False
+  dense_equal     a SwiGLU MLP of intermediate k*I over the same tokens (the routed-expert FLOPs, no routing)
+MoE efficiency = dense_equal time / implementation time (1.0 = as fast as the machine's dense limit).
+Writes benchmarks/results/moe_block_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+GRIDS = {
+    "cpu": [(128, 64, 64, 8, 2048), (256, 128, 128, 8, 2048), (512, 256, 128, 8, 1024), (1024, 512, 64, 4, 2048)],
+    "gpu": [(2048, 768, 128, 8, 16384), (4096, 1024, 512, 10, 8192), (2048, 512, 256, 8, 16384),
+            (1024, 512, 64, 4, 32768)],
+}
+
+
+class DenseEqual(nn.Module):
+    def __init__(self, hidden: int, inter: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(hidden, 2 * inter, bias=False)
+        self.down = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, u = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(g) * u)
+
+
+class SwiGLUExpert(nn.Module):
+    def __init__(self, hidden: int, inter: int) -> None:
+        super().__init__()
+        self.inner = DenseEqual(hidden, inter)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def _config(h: int, i: int, e: int, k: int):
+    from transformers import Qwen3MoeConfig
+
+    return Qwen3MoeConfig(vocab_size=128, hidden_size=h, intermediate_size=4 * h, moe_intermediate_size=i,
+                          num_hidden_layers=1, num_attention_heads=max(1, h // 64), num_key_value_heads=1,
+                          num_experts=e, num_experts_per_tok=k, norm_topk_prob=True)
+
+
+def _hf_block(cfg, impl: str, dtype: torch.dtype, device: str) -> nn.Module:
+    from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
+
+    cfg = copy.deepcopy(cfg)
+    cfg._experts_implementation = impl
+    return Qwen3MoeSparseMoeBlock(cfg).to(device=device, dtype=dtype)
+
+
+def _autoep_block(cfg, hf_block: nn.Module, dtype: torch.dtype, device: str) -> nn.Module:
+    """Let DeepSpeed AutoEP replace the block inside a one-layer model, and take the replacement out."""
+    import deepspeed
+    from transformers import Qwen3MoeForCausalLM
+
+    from train.models.autoep_shims import patch_output_capture_registry
+
+    patch_output_capture_registry()
+    model = Qwen3MoeForCausalLM(cfg).to(device=device, dtype=dtype)
+    model.model.layers[0].mlp.load_state_dict(hf_block.state_dict())
+    ds_config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 0},
+                 "bf16": {"enabled": dtype == torch.bfloat16},
+                 "expert_parallel": {"enabled": True, "autoep_size": 1, "preset_model": "qwen3_moe",
+                                     "use_grouped_mm": True}}
+    engine, *_ = deepspeed.initialize(model=model, config=ds_config)
+    return engine.module.model.layers[0].mlp
+
+
+def _ds_native(h: int, i: int, e: int, k: int, dtype: torch.dtype, device: str) -> nn.Module:
+    from deepspeed.moe.layer import MoE
+
+    return MoE(hidden_size=h, expert=SwiGLUExpert(h, i), num_experts=e, ep_size=1, k=k, drop_tokens=False,
+               use_rts=False).to(device=device, dtype=dtype)
+
+
+def _time(fn, x: torch.Tensor, device: str, min_time: float) -> float:
+    """Median of repeated forward+backward times (seconds)."""
+    def once() -> None:
+        xi = x.detach().requires_grad_(True)
+        out = fn(xi)
+        out = out[0] if isinstance(out, tuple) else out
+        out.float().square().mean().backward()
+
+    for _ in range(2):
+        once()
+    times = []
+    t_end = time.perf_counter() + min_time
+    while len(times) < 3 or (time.perf_counter() < t_end and len(times) < 50):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        once()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def run_point(h: int, i: int, e: int, k: int, t: int, dtype: torch.dtype, device: str, min_time: float,
+              skip: set[str]) -> dict:
+    torch.manual_seed(0)
+    cfg = _config(h, i, e, k)
+    x = torch.randn(1, t, h, device=device, dtype=dtype)
+    eager = _hf_block(cfg, "eager", dtype, device)
+    impls: dict[str, nn.Module] = {"ours": _autoep_block(cfg, eager, dtype, device), "hf_eager": eager}
+    for impl in ("grouped_mm", "batched_mm"):
+        block = _hf_block(cfg, impl, dtype, device)
+        block.load_state_dict(eager.state_dict())
+        impls[f"hf_{impl}"] = block
+    impls["ds_native"] = _ds_native(h, i, e, k, dtype, device)
+    dense = DenseEqual(h, k * i).to(device=device, dtype=dtype)
+    row = {"hidden": h, "moe_intermediate": i, "experts": e, "top_k": k, "tokens": t}
+    dense_s = _time(dense, x, device, min_time)
+    row["dense_equal_ms"] = 1e3 * dense_s
+    for name, module in impls.items():
+        if name in skip:
+            continue
+        s = _time(module, x, device, min_time)
+        row[f"{name}_ms"] = 1e3 * s
+        row[f"{name}_eff"] = dense_s / s
+    # Re-time the dense reference at the end: a drifting machine shows up as a gap between the two.
+    row["dense_equal_ms_after"] = 1e3 * _time(dense, x, device, min_time)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--grid", default=None, choices=sorted(GRIDS))
+    ap.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per implementation")
+    ap.add_argument("--skip", default="", help="comma-separated implementations to skip")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if args.device == "cpu" else "cuda")
+    from train.engine.distributed import init_distributed
+
+    init_distributed("gloo" if args.device == "cpu" else "nccl")
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    grid = GRIDS[args.grid or args.device]
+    rows = []
+    names = ["ours", "hf_eager", "hf_grouped_mm", "hf_batched_mm", "ds_native"]
+    print(f"{'point':<28}" + "".join(f"{n:>18}" for n in names) + f"{'dense':>10}")
+    for point in grid:
+        row = run_point(*point, dtype=dtype, device=args.device, min_time=args.min_time,
+                        skip=set(filter(None, args.skip.split(","))))
+        rows.append(row)
+        label = "H{} I{} E{} K{} T{}".format(*point)
+        cells = "".join(f"{row[n + '_ms']:>9.1f}ms {row[n + '_eff']:>4.2f}" if n + "_ms" in row else f"{'-':>18}"
+                        for n in names)
+        print(f"{label:<28}{cells}{row['dense_equal_ms']:>8.1f}ms", flush=True)
+    result = {
+        "benchmark": "moe_block_fwd_bwd", "device": args.device, "dtype": args.dtype,
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.processor() or
+        platform.machine(), "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+        "efficiency": "dense_equal_ms / impl_ms", "rows": rows,
+    }
+    out = Path(args.out or Path(__file__).parent / "results" / f"moe_block_{args.device}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
