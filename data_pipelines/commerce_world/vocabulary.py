@@ -88,7 +88,7 @@ SHOP_NOUNS: dict[str, list[tuple[str, str]]] = {
     "grocery": [("Market", "市场"), ("Grocer", "杂货铺"), ("Fresh Mart", "生鲜"), ("Pantry", "食品店")],
     "cinema": [("Cinema", "影院"), ("Theater", "剧场"), ("Film Hall", "影厅"), ("Screens", "影城")],
     "hotel": [("Hotel", "酒店"), ("Inn", "客栈"), ("Lodge", "旅舍"), ("Suites", "公寓")],
-    "travel": [("Rail", "铁路"), ("Express", "快线"), ("Line", "线路"), ("Railway", "动车")],
+    "travel": [("Rail", "铁路"), ("Express", "快线"), ("Line", "线路"), ("Trains", "动车")],
 }
 
 
