@@ -158,8 +158,8 @@ class TalksInText:
         if self.break_first:
             self.break_first, self.pending = False, reply
             fn = reply["tool_calls"][0]["function"]
-            return parse_tool_calls('<tool_call>\n{"name": "%s", "arguments": {"order_id": O1}}\n</tool_call>'
-                                    % fn["name"], "qwen3_json").message()
+            broken = '{"name": "' + fn["name"] + '", "arguments": {"order_id": O1}}'
+            return parse_tool_calls(f"<tool_call>\n{broken}\n</tool_call>", "qwen3_json").message()
         return parse_tool_calls(_xml(reply["tool_calls"][0]), "qwen3_5_xml", tools).message()
 
 
