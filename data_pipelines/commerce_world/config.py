@@ -1,0 +1,40 @@
+"""The generator's typed settings, read from `key=value` arguments (bad keys and types fail by name)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+@dataclass
+class WorldConfig:
+    out: str = MISSING  # the world folder to write
+    seed: int = 0
+    train_dialogs: int = 3000
+    validation_dialogs: int = 200
+    test_scenarios: int = 100
+    image_size: int = 64
+    validation_cities: int = 4
+    test_cities: int = 6
+    shops_per_category: int = 3
+    overwrite: bool = False  # replace an existing world made with different settings
+
+    def content_key(self) -> dict:
+        """The settings that decide the files (not where they go or whether to overwrite)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "overwrite")}
+
+
+def parse_args(argv: list[str]) -> WorldConfig:
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(WorldConfig), OmegaConf.from_dotlist(argv))
+        world = WorldConfig(**OmegaConf.to_container(cfg, throw_on_missing=True))
+    except OmegaConfBaseException as e:
+        raise ValueError(f"commerce_world arguments {argv}: {e}".replace("\n", " ")) from None
+    for key in ("train_dialogs", "validation_dialogs", "test_scenarios"):
+        if getattr(world, key) < 1:
+            raise ValueError(f"{key}={getattr(world, key)}: must be at least 1")
+    if not 32 <= world.image_size <= 512:
+        raise ValueError(f"image_size={world.image_size}: expected 32..512 pixels")
+    return world

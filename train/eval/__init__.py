@@ -1,0 +1,1 @@
+"""Evaluation: the simulated commerce environment and its scoring."""
