@@ -85,7 +85,8 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         if rank_state is not None:
             set_rng_state(rank_state["rng"])
         start_step, wandb_id = plan.step, plan.meta.get("wandb_id")
-        log.info("resumed from %s at step %d", plan.tag, start_step) if dist_info.is_main else None
+        if dist_info.is_main:
+            log.info("resumed from %s at step %d", plan.tag, start_step)
 
     metrics = MetricsLogger(run_dir, dist_info.is_main, cfg.logger.wandb_mode, cfg.logger.project,
                             cfg.logger.entity, cfg.run_name, to_container(cfg), wandb_id,

@@ -1,8 +1,9 @@
 """Save, rotate and auto-resume DeepSpeed checkpoints, with a safe path across topology changes.
 
 Layout: `<run>/checkpoints/step_00000100/` holds DeepSpeed's files, `trainer_state_rank<r>.pt` per rank
-(RNG, data position), `meta.json` (step, wandb id, topology) and, last, the `COMPLETE` marker. A folder
-without the marker is never resumed from. Resuming with another EP size or world size would silently
+(RNG), `manifest.json` (sha256 per file), `meta.json` (step, data position, wandb id, topology) and, last,
+the `COMPLETE` marker. A folder without the marker is never resumed from; one whose files do not match
+its manifest is reported by file name and the previous checkpoint is used instead. Resuming with another EP size or world size would silently
 corrupt a normal checkpoint's optimizer state (CONTEXT.md §3), so it goes through DeepSpeed's universal
 checkpoint conversion instead; that is chosen before the engine is built (`load_universal`).
 """
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from train.checkpoint.manifest import MANIFEST, build_manifest, verify_manifest, write_manifest
 from train.engine.distributed import barrier
 
 log = logging.getLogger(__name__)
@@ -99,12 +101,22 @@ class Checkpointer:
                 log.warning("skipping incomplete checkpoint %s (no %s marker)", p, COMPLETE)
         return tags
 
+    def latest_intact(self) -> str | None:
+        """Collective: the newest complete checkpoint whose files match its manifest; damaged ones are skipped."""
+        for tag in reversed(self.complete_tags()):
+            problems = verify_manifest(self.dir / tag)
+            if not problems:
+                return tag
+            if self.rank == 0:
+                log.error("checkpoint %s is damaged, falling back to an earlier one:\n  %s", self.dir / tag,
+                          "\n  ".join(problems))
+        return None
+
     def plan_resume(self, topology: Topology) -> ResumePlan | None:
-        """The latest complete checkpoint and whether it must be loaded through a universal conversion."""
-        tags = self.complete_tags()
-        if not tags:
+        """The latest intact checkpoint and whether it must be loaded through a universal conversion."""
+        tag = self.latest_intact()
+        if tag is None:
             return None
-        tag = tags[-1]
         meta = json.loads((self.dir / tag / META).read_text())
         saved = Topology(**meta["topology"])
         universal = (saved.world_size, saved.ep_size) != (topology.world_size, topology.ep_size)
@@ -151,7 +163,9 @@ class Checkpointer:
         engine.save_checkpoint(str(self.dir), tag=tag, client_state={"step": step}, save_latest=False)
         torch.save(rank_state, path / f"trainer_state_rank{self.rank}.pt")
         barrier()
+        manifest = build_manifest(path, exclude={MANIFEST, META, COMPLETE})
         if self.rank == 0:
+            write_manifest(path, manifest)
             (path / META).write_text(json.dumps({"step": step, **meta}, indent=2))
             (path / COMPLETE).write_text("ok\n")
             self._rotate()
