@@ -91,6 +91,9 @@ class LoggerConfig:
     entity: str | None = None
     log_every: int = 10
     progress: bool = True
+    # Expert-collapse warnings: an expert dead for this many logging windows, or a layer's max/mean load above this.
+    collapse_dead_windows: int = 5
+    collapse_max_imbalance: float = 8.0
 
 
 @dataclass

@@ -48,7 +48,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
     from train.engine.deepspeed_setup import build_engine, resolve_dtype
     from train.engine.distributed import barrier, init_distributed
     from train.engine.loop import LoopSettings, train_loop
-    from train.metrics.expert_load import ExpertLoad
+    from train.metrics.expert_load import CollapseMonitor, ExpertLoad
     from train.metrics.logger import MetricsLogger
     from train.metrics.throughput import device_peak_tflops, flops_per_token
     from train.models.build import build_model
@@ -104,7 +104,8 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
     )
     expert_load = ExpertLoad(text.num_hidden_layers, text.num_experts, text.num_experts_per_tok)
     try:
-        result = train_loop(engine, batches, settings, metrics, checkpointer, expert_load, start_step,
+        monitor = CollapseMonitor(cfg.logger.collapse_dead_windows, cfg.logger.collapse_max_imbalance)
+        result = train_loop(engine, batches, settings, metrics, checkpointer, expert_load, monitor, start_step,
                             dist_info.device)
         metrics.summary({k: v for k, v in result.items() if not k.startswith("expert/per_layer")})
     finally:

@@ -24,3 +24,17 @@ def test_uniform_load_has_entropy_one_and_collapse_shows_dead_experts():
     collapsed = summarize(torch.tensor([[40.0, 0.0, 0.0, 0.0]]))
     assert collapsed["expert/dead"] == 3 and collapsed["expert/imbalance_max"] == 4.0
     assert collapsed["expert/entropy_min"] == 0.0
+
+
+def test_collapse_monitor_needs_a_streak_of_dead_windows_and_flags_imbalance():
+    from train.metrics.expert_load import CollapseMonitor
+
+    monitor = CollapseMonitor(dead_windows=2, max_imbalance=3.0)
+    healthy = summarize(torch.tensor([[5.0, 5.0, 5.0, 5.0]]))
+    one_dead = summarize(torch.tensor([[6.0, 7.0, 7.0, 0.0]]))
+    skewed = summarize(torch.tensor([[17.0, 1.0, 1.0, 1.0]]))
+    assert monitor.check(one_dead) == []
+    assert monitor.check(one_dead) == ["layer 0: experts [3] received no tokens for 2+ logging windows"]
+    assert monitor.check(healthy) == []
+    assert monitor.check(one_dead) == []  # the streak restarted
+    assert monitor.check(skewed) == ["layer 0: load imbalance 3.40 > 3.0"]

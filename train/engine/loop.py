@@ -19,7 +19,7 @@ import torch.distributed as dist
 from train.checkpoint.checkpointer import Checkpointer, rng_state
 from train.engine.losses import moe_losses
 from train.engine.lr_schedule import get_lr
-from train.metrics.expert_load import ExpertLoad
+from train.metrics.expert_load import CollapseMonitor, ExpertLoad
 from train.metrics.logger import MetricsLogger
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ def _peak_memory_gib(device: torch.device) -> float:
 
 
 def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, checkpointer: Checkpointer,
-               expert_load: ExpertLoad, start_step: int, device: torch.device) -> dict[str, Any]:
+               expert_load: ExpertLoad, collapse_monitor: CollapseMonitor, start_step: int,
+               device: torch.device) -> dict[str, Any]:
     """Run from `start_step` to `max_steps` (or until stopped); returns the last logged metrics."""
     s = settings
     stop = StopRequest()
@@ -121,6 +122,10 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
             }
             last["mfu"] = last["tflops_per_device"] / s.peak_tflops
             last.update(expert_load.reduce_and_reset(device))
+            collapse = collapse_monitor.check(last)
+            last["expert/collapse_warnings"] = len(collapse)
+            for warning in collapse if metrics.enabled else []:
+                log.warning("expert collapse at step %d: %s", step, warning)
             metrics.log(step, last)
             window_tokens, window_t0 = 0, time.perf_counter()
         stopping = bool(reduced[5] > 0) or (s.stop_after_steps is not None and steps_this_run >= s.stop_after_steps)

@@ -53,3 +53,29 @@ def summarize(counts: torch.Tensor) -> dict:
             "load": counts.to(torch.int64).tolist(),
         },
     }
+
+
+class CollapseMonitor:
+    """Warns when an expert gets no tokens for `dead_windows` logging windows in a row, or when a layer's
+    load imbalance (max/mean) exceeds `max_imbalance`: the two faces of expert collapse."""
+
+    def __init__(self, dead_windows: int, max_imbalance: float) -> None:
+        self.dead_windows = dead_windows
+        self.max_imbalance = max_imbalance
+        self._dead_streak: torch.Tensor | None = None
+
+    def check(self, summary: dict) -> list[str]:
+        per_layer = summary["expert/per_layer"]
+        load = torch.tensor(per_layer["load"])
+        dead = load == 0
+        self._dead_streak = (self._dead_streak + 1) * dead if self._dead_streak is not None else dead.long()
+        warnings = []
+        for layer, streak in enumerate(self._dead_streak):
+            experts = (streak >= self.dead_windows).nonzero().flatten().tolist()
+            if experts:
+                warnings.append(f"layer {layer}: experts {experts} received no tokens for "
+                                f"{self.dead_windows}+ logging windows")
+        for layer, imbalance in enumerate(per_layer["imbalance"]):
+            if imbalance > self.max_imbalance:
+                warnings.append(f"layer {layer}: load imbalance {imbalance:.2f} > {self.max_imbalance}")
+        return warnings
