@@ -7,10 +7,11 @@ inclusive (assistant text, `<think>` block, tool calls). System, user and tool-r
 Prompt and completion pieces are tokenised separately, as at inference, where the prompt is encoded and
 the completion generated.
 
-Templates that rewrite history (Qwen3/3.5 drop the `<think>` block of turns before the last user query)
-make one sample per user query (its full history as prompt, loss on its own assistant turns); templates
-whose renderings extend each other merge into one sample. Samples longer than `seq_len` are split at
-user-query boundaries (`overlong=split`, counted) or are bad input; a turn is never cut.
+The unit is one assistant turn rendered as the last turn of the dialog so far. Consecutive units merge into
+one sample while each rendering extends the previous one; templates that rewrite history (Qwen3/3.5 drop
+the `<think>` block of turns before the last user query, Qwen3 adds an empty one only to the last turn)
+start a new sample there, with the rewritten history as its prompt. Samples longer than `seq_len` are split
+at turn boundaries (`overlong=split`, counted) or are bad input; an assistant turn is never cut.
 """
 
 from __future__ import annotations
@@ -64,36 +65,31 @@ def _has_reasoning(m: dict[str, Any]) -> bool:
 class _Rendered:
     text: str
     spans: list[tuple[int, int]]
-    end: int  # messages[:end] are rendered
+    messages: list[dict]  # the messages rendered (the dialog, or a trimmed copy)
 
 
-def _episodes(tok, messages, tools, thinking: bool, origin: str) -> list[_Rendered]:
-    queries = [i for i, m in enumerate(messages) if _is_query(m)]
-    bounds = queries[1:] + [len(messages)]
-    out = []
-    for start, stop in zip(queries, bounds, strict=True):
-        turns = [j for j in range(start, stop) if messages[j]["role"] == "assistant"]
-        if not turns:
-            continue
-        end = turns[-1] + 1
-        try:
-            text = _render(tok, messages[:end], tools, False, thinking)
-            spans = []
-            for j in turns:
-                prompt = _render(tok, messages[:j], tools, True, thinking or _has_reasoning(messages[j]))
-                if not text.startswith(prompt):
-                    raise BadRecord(origin, "template prompt mismatch",
-                                    f"the generation prompt for messages[{j}] is not a prefix of the rendered dialog")
-                stop_at = text.find(IM_END, len(prompt))
-                if stop_at < 0:
-                    raise BadRecord(origin, "template prompt mismatch", f"messages[{j}] has no {IM_END}")
-                spans.append((len(prompt), stop_at + len(IM_END)))
-        except BadRecord:
-            raise
-        except Exception as e:  # jinja's raise_exception and type errors in odd content
-            raise BadRecord(origin, "chat template error", str(e)) from None
-        out.append(_Rendered(text, spans, end))
-    return out
+def _turn(tok, messages, j: int, tools, thinking: bool, origin: str) -> _Rendered:
+    """Assistant turn j rendered as the last turn of messages[:j+1], with its completion span."""
+    m = messages[j]
+    try:
+        text = _render(tok, messages[:j + 1], tools, False, thinking)
+        prompt = _render(tok, messages[:j], tools, True, thinking or _has_reasoning(m))
+    except Exception as e:  # jinja's raise_exception and type errors in odd content
+        raise BadRecord(origin, "chat template error", str(e)) from None
+    if not text.startswith(prompt):
+        raise BadRecord(origin, "template prompt mismatch",
+                        f"the generation prompt for messages[{j}] is not a prefix of its rendering")
+    stop_at = text.find(IM_END, len(prompt))
+    if stop_at < 0:
+        raise BadRecord(origin, "template prompt mismatch", f"messages[{j}] has no {IM_END}")
+    return _Rendered(text, [(len(prompt), stop_at + len(IM_END))], messages[:j + 1])
+
+
+def _trimmed(messages: list[dict], j: int) -> tuple[list[dict], int]:
+    """The dialog cut at the turn boundary before the last user query preceding j (system message kept)."""
+    q = max(i for i in range(j) if _is_query(messages[i]))
+    head = [messages[0]] if messages[0]["role"] == "system" else []
+    return head + messages[q:j + 1], len(head) + j - q
 
 
 def _tokenize(tok: PreTrainedTokenizerBase, r: _Rendered, image_tokens: list[int], image_pad_id: int,
@@ -125,41 +121,50 @@ def _tokenize(tok: PreTrainedTokenizerBase, r: _Rendered, image_tokens: list[int
 
 def render_dialog(tok: PreTrainedTokenizerBase, messages: list[dict], tools: list | None, seq_len: int,
                   enable_thinking: bool, overlong: str, origin: str,
-                  image_tokens: list[int] | None = None, images: list[str] | None = None) -> list[ChatSample]:
-    """Samples of one normalised dialog (see the module docstring); `image_tokens[i]` pads for image i."""
-    image_tokens = image_tokens or []
-    images = images or []
-    image_pad_id = tok.convert_tokens_to_ids(IMAGE_PAD)
-    episodes = _episodes(tok, messages, tools, enable_thinking, origin)
+                  images: dict[str, tuple[str, int]] | None = None) -> list[ChatSample]:
+    """Samples of one normalised dialog (see the module docstring); `images[ref] = (path, n_pad_tokens)`."""
+    from data_pipelines.chat_format import message_images
 
-    def n_images(r: _Rendered) -> int:
-        return sum(1 for m in messages[:r.end] if isinstance(m["content"], list)
-                   for p in m["content"] if isinstance(p, dict) and (p.get("type") == "image" or "image" in p))
+    images = images or {}
+    image_pad_id = tok.convert_tokens_to_ids(IMAGE_PAD)
+    if not any(_is_query(m) for m in messages):
+        raise BadRecord(origin, "malformed chat", "no user query (only tool results)")
 
     def encode(r: _Rendered) -> ChatSample:
-        k = n_images(r)
-        ids, labels = _tokenize(tok, r, image_tokens[:k], image_pad_id, origin)
-        return ChatSample(ids, labels, images[:k])
+        refs = message_images(r.messages)
+        ids, labels = _tokenize(tok, r, [images[x][1] for x in refs], image_pad_id, origin)
+        return ChatSample(ids, labels, [images[x][0] for x in refs])
 
     chains: list[tuple[_Rendered, ChatSample, bool]] = []
-    for ep in episodes:
-        sample = encode(ep)
-        if chains and ep.text.startswith(chains[-1][0].text):
-            prev, _, split = chains[-1]
-            merged = _Rendered(ep.text, prev.spans + ep.spans, ep.end)
+    for j, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        if not any(_is_query(x) for x in messages[:j]):
+            raise BadRecord(origin, "malformed chat", f"messages[{j}] is an assistant turn before any user query")
+        unit = _turn(tok, messages, j, tools, enable_thinking, origin)
+        sample = encode(unit)
+        split = False
+        if chains and unit.text.startswith(chains[-1][0].text):
+            prev, _, prev_split = chains[-1]
+            merged = _Rendered(unit.text, prev.spans + unit.spans, unit.messages)
             merged_sample = encode(merged)
             if overlong == "error" or len(merged_sample.input_ids) <= seq_len:
-                chains[-1] = (merged, merged_sample, split)
+                chains[-1] = (merged, merged_sample, prev_split)
                 continue
-            chains.append((ep, sample, True))
-            continue
-        chains.append((ep, sample, False))
+            split = True  # would have continued the previous sample, but the result is too long
+        if overlong == "split" and len(sample.input_ids) > seq_len:
+            cut, k = _trimmed(messages, j)
+            if len(cut) < j + 1:
+                unit = _turn(tok, cut, k, tools, enable_thinking, origin)
+                sample = encode(unit)
+                split = True
+        chains.append((unit, sample, split))
     out = []
     for _, sample, split in chains:
         if len(sample.input_ids) > seq_len:
             raise BadRecord(origin, "sample longer than the context",
                             f"{len(sample.input_ids)} tokens > data.seq_len={seq_len}"
-                            + (" after splitting at user turns" if overlong == "split" else ""))
+                            + (" after splitting at turn boundaries" if overlong == "split" else ""))
         sample.overlong_split = split
         out.append(sample)
     return out

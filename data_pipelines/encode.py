@@ -131,12 +131,10 @@ class Encoder:
 
     def _chat(self, value: dict, origin: str) -> list[dict[str, Any]]:
         messages, tools = normalize_dialog(value, origin)
-        refs = message_images(messages)
-        resolved = [self._image(r, origin) for r in refs]
+        resolved = {r: self._image(r, origin) for r in message_images(messages)}
         samples = render_dialog(self.tok, messages, tools, self.spec.seq_len, self.spec.enable_thinking,
-                                self.spec.overlong, origin, [num_image_tokens(g) for _, g in resolved],
-                                [p for p, _ in resolved])
-        grids = {p: g for p, g in resolved}
+                                self.spec.overlong, origin, {r: (p, num_image_tokens(g)) for r, (p, g) in resolved.items()})
+        grids = {p: g for p, g in resolved.values()}
         out = []
         for s in samples:
             out.append({"input_ids": s.input_ids, "labels": s.labels,

@@ -122,7 +122,7 @@ class DataConfig:
     on_error: str = "raise"
     chat_template: str = "qwen3_5"  # qwen3_5 (XML tool calls) | qwen3 (JSON tool calls)
     enable_thinking: bool = False
-    # SFT dialogs longer than seq_len: split at user-turn boundaries (split) or treat as bad input (error).
+    # SFT dialogs longer than seq_len: split between assistant turns (split) or treat as bad input (error).
     overlong: str = "split"
     image: ImageConfig = field(default_factory=ImageConfig)
 
