@@ -33,10 +33,10 @@ class BadInputPolicy:
         self.examples: dict[str, str] = {}
 
     def handle(self, err: BadRecord) -> None:
+        """Raise (default), or return so the caller marks the record skipped; marks are counted where they are
+        dropped (`count_and_drop_skipped`, the stream reader), so counts survive caching."""
         if self.on_error == "raise":
             raise err
-        self.skipped[err.reason] += 1
-        self.examples.setdefault(err.reason, str(err))
 
     def merge(self, counts: dict[str, int]) -> None:
         self.skipped.update(counts)
