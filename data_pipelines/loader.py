@@ -3,19 +3,32 @@
 Every optimizer step consumes one global batch of `micro_batch * grad_accum * dp_size` rows from a seeded
 per-epoch permutation. Micro-batch `a` of rank `r` takes slot `a * dp_size + r` of that batch, so a run on
 one process with `grad_accum = k` sees exactly the rows that `k` processes see with `grad_accum = 1`.
-The position is a plain dict (epoch, step) saved in every checkpoint.
+The position is a plain dict (epoch, step) saved in every checkpoint. Rows become model inputs + labels
+through a `Collator` (data_pipelines/collate.py).
+
+`StreamingBatches` does the same for streams (datasets IterableDatasets, nothing cached): every global rank
+reads its own shard, packs on the fly, and its position (the stream's `state_dict` plus the samples of the
+row being filled) is saved per rank and restored exactly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import datasets
 import torch
+
+from data_pipelines.collate import Collator
+
+TENSOR_COLUMNS = ("input_ids", "position_ids", "labels", "mm_token_type_ids")
 
 
 class ResumableBatches:
     def __init__(self, rows: datasets.Dataset, micro_batch: int, grad_accum: int, dp_rank: int, dp_size: int,
-                 seed: int) -> None:
-        self.rows = rows.with_format("torch")
+                 seed: int, collate: Callable[[dict], dict] | None = None) -> None:
+        self.rows = rows.with_format("torch", columns=[c for c in TENSOR_COLUMNS if c in rows.column_names],
+                                     output_all_columns=True)
+        self.collate = collate or Collator(mode="packed", mrope=False)
         self.micro_batch = micro_batch
         self.grad_accum = grad_accum
         self.dp_rank = dp_rank
@@ -34,7 +47,7 @@ class ResumableBatches:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(len(self.rows), generator=g)
 
-    def next_step(self) -> list[dict[str, torch.Tensor]]:
+    def next_step(self) -> list[dict]:
         """The `grad_accum` micro-batches of this rank for the next optimizer step."""
         if self.step == self.steps_per_epoch:
             self.epoch += 1
@@ -46,7 +59,7 @@ class ResumableBatches:
             start = base + (a * self.dp_size + self.dp_rank) * self.micro_batch
             idx = self._perm[start:start + self.micro_batch].tolist()
             batch = self.rows[idx]
-            micro.append({k: batch[k] for k in ("input_ids", "position_ids", "labels")})
+            micro.append(self.collate(batch))
         self.step += 1
         return micro
 
@@ -60,3 +73,85 @@ class ResumableBatches:
         self.epoch = state["epoch"]
         self.step = state["step"]
         self._perm = self._permutation(self.epoch)
+
+
+class StreamingBatches:
+    """Batches of one rank from a stream of encoded samples (already sharded for this rank), packed on the fly."""
+
+    def __init__(self, samples: datasets.IterableDataset, seq_len: int, mode: str, pad_id: int, micro_batch: int,
+                 grad_accum: int, collate: Callable[[dict], dict], multimodal: bool,
+                 on_skip: Callable[[str], None] | None = None) -> None:
+        self.samples = samples
+        self.seq_len = seq_len
+        self.mode = mode
+        self.pad_id = pad_id
+        self.micro_batch = micro_batch
+        self.grad_accum = grad_accum
+        self.collate = collate
+        self.multimodal = multimodal
+        self.on_skip = on_skip
+        self.epoch = 0
+        self.pending: list[dict] = []  # samples of the row being filled, not yet emitted
+        self._it: Iterator | None = None
+
+    def _keys(self) -> list[str]:
+        return ["input_ids", "labels"] + (["mm_token_type_ids", "images", "image_grid_thw"] if self.multimodal else [])
+
+    def _next_sample(self) -> dict:
+        while True:
+            if self._it is None:
+                self.samples.set_epoch(self.epoch)
+                self._it = iter(self.samples)
+            try:
+                s = next(self._it)
+            except StopIteration:
+                self.epoch += 1
+                self._it = None
+                continue
+            if s.get("skip"):
+                if self.on_skip is not None:
+                    self.on_skip(s["skip"])
+                continue
+            return {k: s[k] for k in self._keys()}
+
+    def _next_row(self) -> dict:
+        from data_pipelines.packing import pack_samples
+
+        used = sum(len(s["input_ids"]) for s in self.pending)
+        while True:
+            if self.pending and (self.mode == "per_document" or any(s.get("images") for s in self.pending)):
+                break
+            s = self._next_sample()
+            if self.pending and (used + len(s["input_ids"]) > self.seq_len or s.get("images")):
+                row_samples, self.pending = self.pending, [s]
+                return self._pack(row_samples, pack_samples)
+            self.pending.append(s)
+            used += len(s["input_ids"])
+        row_samples, self.pending = self.pending, []
+        return self._pack(row_samples, pack_samples)
+
+    def _pack(self, samples: list[dict], pack_samples) -> dict:
+        for s in samples:
+            if self.multimodal and not s["mm_token_type_ids"]:
+                s["mm_token_type_ids"] = [0] * len(s["input_ids"])
+        rows = pack_samples(samples, self.seq_len, "packed" if self.mode == "varlen" else self.mode, self.pad_id)
+        assert len(rows["input_ids"]) == 1
+        return {k: v[0] for k, v in rows.items()}
+
+    def next_step(self) -> list[dict]:
+        micro = []
+        for _ in range(self.grad_accum):
+            rows = [self._next_row() for _ in range(self.micro_batch)]
+            micro.append(self.collate({k: [r[k] for r in rows] for k in rows[0]}))
+        return micro
+
+    def state_dict(self) -> dict:
+        """This rank's exact position: the stream's state after the last sample read, and the pending samples."""
+        return {"stream": self.samples.state_dict(), "epoch": self.epoch, "pending": self.pending}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = state["epoch"]
+        self.samples.set_epoch(self.epoch)
+        self.samples.load_state_dict(state["stream"])
+        self.pending = [dict(s) for s in state["pending"]]
+        self._it = None

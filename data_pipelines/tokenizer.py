@@ -1,7 +1,9 @@
 """Tokenizers: a real model's own, or a byte-level BPE trained on the corpus for from-scratch tiny models.
 
 The trained tokenizer carries Qwen's special tokens, so chat, tool-call and vision markup tokenises the
-same way as for released checkpoints, and is saved as a transformers tokenizer that exports can carry.
+same way as for released checkpoints, and is saved as a transformers tokenizer that exports can carry,
+with a Qwen chat template (data_pipelines/chat_templates/) in its folder. A real model's tokenizer keeps
+its own template; one without a template gets ours.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
@@ -25,9 +27,12 @@ QWEN_SPECIAL_TOKENS = [
 ]
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE and save it (atomically) as a transformers tokenizer folder."""
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike,
+                        chat_template: str = "qwen3_5") -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE and save it (atomically), with its chat template, as a transformers tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from data_pipelines.chat_render import chat_template_text
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -46,6 +51,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os
         additional_special_tokens=QWEN_SPECIAL_TOKENS[1:],
         model_max_length=1 << 20,
     )
+    fast.chat_template = chat_template_text(chat_template)
     out = Path(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
     fast.save_pretrained(tmp)
@@ -62,16 +68,40 @@ def _jsonl_texts(path: Path, field: str) -> Iterator[str]:
 
 
 def load_or_train_tokenizer(tokenizer_path: str | None, corpus_file: Path | None, vocab_size: int,
-                            cache_dir: Path, text_field: str = "text") -> PreTrainedTokenizerBase:
-    """A given tokenizer folder, or one trained once on `corpus_file` and cached in `cache_dir`."""
+                            cache_dir: Path, text_field: str = "text", chat_template: str = "qwen3_5",
+                            texts: Callable[[], Iterable[str]] | None = None) -> PreTrainedTokenizerBase:
+    """A given tokenizer folder, or one trained once on `corpus_file` (or `texts()`) and cached in `cache_dir`."""
+    from data_pipelines.chat_render import chat_template_text
+
     if tokenizer_path is not None:
         if not os.path.isdir(tokenizer_path):
             raise ValueError(f"data.tokenizer={tokenizer_path!r}: no such directory")
-        return AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=False)
+        tok = AutoTokenizer.from_pretrained(tokenizer_path, trust_remote_code=False)
+        if not tok.chat_template:
+            tok.chat_template = chat_template_text(chat_template)
+        return tok
     if (cache_dir / "tokenizer.json").exists():
         return AutoTokenizer.from_pretrained(cache_dir)
-    if corpus_file is None:
+    if corpus_file is None and texts is None:
         raise ValueError("data.tokenizer is null and there is no corpus to train a tokenizer on")
-    log.info("training a %d-token byte-level BPE on %s", vocab_size, corpus_file)
+    log.info("training a %d-token byte-level BPE on %s", vocab_size, corpus_file or "the data sources")
     cache_dir.parent.mkdir(parents=True, exist_ok=True)
-    return train_bpe_tokenizer(_jsonl_texts(corpus_file, text_field), vocab_size, cache_dir)
+    source = texts() if texts is not None else _jsonl_texts(corpus_file, text_field)
+    return train_bpe_tokenizer(source, vocab_size, cache_dir, chat_template)
+
+
+VISION_TOKEN_FIELDS = {"image_token_id": "<|image_pad|>", "video_token_id": "<|video_pad|>",
+                       "vision_start_token_id": "<|vision_start|>", "vision_end_token_id": "<|vision_end|>"}
+
+
+def align_vision_token_ids(hf_config, tokenizer: PreTrainedTokenizerBase, from_scratch: bool) -> None:
+    """A multimodal config must name the tokenizer's vision token ids: set them (from scratch) or check them."""
+    if not hasattr(hf_config, "image_token_id"):
+        return
+    for field, token in VISION_TOKEN_FIELDS.items():
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if from_scratch:
+            setattr(hf_config, field, tid)
+        elif getattr(hf_config, field) != tid:
+            raise ValueError(f"model config {field}={getattr(hf_config, field)} but the tokenizer has {token}={tid}; "
+                             "use the model's own tokenizer (data.tokenizer)")

@@ -65,8 +65,38 @@ class LossConfig:
     z_coef: float = 1e-3
 
 
+SOURCE_KINDS = ("text", "image_text", "interleaved", "chat")
+DATA_KINDS = ("text", "mixture", "sft")
+
+
+@dataclass
+class SourceConfig:
+    """One local corpus in a mixture: a file, a glob of files, or a `save_to_disk` folder."""
+    kind: str = "text"  # text | image_text | interleaved | chat
+    path: str = MISSING
+    # Sampling probability relative to the other sources (normalised over the mixture).
+    weight: float = 1.0
+    # text: the document field; image_text: the caption field. Chat sources read `messages`/`tools`
+    # (OpenAI format) or `conversations` (ShareGPT, converted on read).
+    text_field: str = "text"
+    image_field: str = "image"
+    # Image paths are relative to this folder; null: the folder of the file that names them.
+    image_root: str | None = None
+
+
+@dataclass
+class ImageConfig:
+    """Qwen3-VL/3.5 image processing (patch 16, temporal patch 2, merge 2, mean = std = 0.5)."""
+    min_pixels: int = 64 * 64
+    max_pixels: int = 512 * 512
+    # Images larger than this (before resizing) are bad input, not silently shrunk.
+    max_source_pixels: int = 40_000_000
+
+
 @dataclass
 class DataConfig:
+    # text: the original text path (generated corpus or `paths`); mixture: `sources` with weights
+    # (text, image_text, interleaved) for pretraining; sft: chat `sources` rendered with the chat template.
     kind: str = "text"
     # "generated" builds the embedded corpus under paths.data_dir; otherwise local files or folders
     # (jsonl, json, parquet, arrow, or a `save_to_disk` folder).
@@ -74,6 +104,8 @@ class DataConfig:
     paths: list[str] = field(default_factory=list)
     text_field: str = "text"
     num_documents: int = 20_000
+    # data.source=generated with data.kind=mixture: images in the generated shapes set.
+    num_images: int = 2_000
     seq_len: int = 256
     # auto: packed rows with restarting position ids where attention keeps documents apart,
     # one document per row where it cannot (Gated DeltaNet without varlen kernels).
@@ -82,6 +114,17 @@ class DataConfig:
     vocab_size: int = 4096
     validation_fraction: float = 0.02
     seed: int = 0
+    sources: list[SourceConfig] = field(default_factory=list)
+    # Read sources as streams (datasets IterableDataset): nothing is cached, each rank reads its own
+    # shard, and the position of every rank is saved in checkpoints.
+    streaming: bool = False
+    # raise: bad input stops the run naming file and line; skip: count it, go on, summarise at the end.
+    on_error: str = "raise"
+    chat_template: str = "qwen3_5"  # qwen3_5 (XML tool calls) | qwen3 (JSON tool calls)
+    enable_thinking: bool = False
+    # SFT dialogs longer than seq_len: split between assistant turns (split) or treat as bad input (error).
+    overlong: str = "split"
+    image: ImageConfig = field(default_factory=ImageConfig)
 
 
 @dataclass
@@ -156,15 +199,19 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
     _choice("parallel.backend", cfg.parallel.backend, ("auto", "nccl", "gloo"))
     _choice("trainer.precision", cfg.trainer.precision, ("auto", "fp32", "bf16"))
     _choice("logger.wandb_mode", cfg.logger.wandb_mode, ("offline", "online", "disabled"))
-    _choice("data.packing", cfg.data.packing, ("auto", "packed", "per_document"))
-    _choice("data.kind", cfg.data.kind, ("text",))
+    _choice("data.packing", cfg.data.packing, ("auto", "packed", "per_document", "varlen"))
+    _choice("data.kind", cfg.data.kind, DATA_KINDS)
+    _choice("data.on_error", cfg.data.on_error, ("raise", "skip"))
+    _choice("data.chat_template", cfg.data.chat_template, ("qwen3_5", "qwen3"))
+    _choice("data.overlong", cfg.data.overlong, ("split", "error"))
+    _validate_sources(cfg.data)
     if cfg.model.trust_remote_code:
         raise ValueError("model.trust_remote_code=true is refused: the model classes are transformers' own")
     if cfg.model.init_from is not None and not os.path.isdir(cfg.model.init_from):
         raise ValueError(f"model.init_from={cfg.model.init_from!r}: no such directory")
     if cfg.model.init_from is not None and not os.path.isfile(os.path.join(cfg.model.init_from, "config.json")):
         raise ValueError(f"model.init_from={cfg.model.init_from!r}: no config.json in that directory")
-    if cfg.data.source != "generated":
+    if cfg.data.kind == "text" and cfg.data.source != "generated":
         if not cfg.data.paths:
             raise ValueError("data.paths is empty: list local files or folders, or set data.source=generated")
         for p in cfg.data.paths:
@@ -189,6 +236,27 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
         raise ValueError(f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} must be in [0, 1]")
     if cfg.optim.grad_clip < 0:
         raise ValueError(f"optim.grad_clip={cfg.optim.grad_clip} must be >= 0 (0 disables clipping)")
+
+
+def _validate_sources(data: DataConfig | DictConfig) -> None:
+    import glob
+
+    if data.kind == "text":
+        return
+    if not data.sources:
+        raise ValueError(f"data.sources is empty: data.kind={data.kind} needs at least one source")
+    for i, src in enumerate(data.sources):
+        _choice(f"data.sources[{i}].kind", src.kind, SOURCE_KINDS)
+        if data.kind == "sft" and src.kind != "chat":
+            raise ValueError(f"data.sources[{i}].kind={src.kind!r}: data.kind=sft reads chat sources only")
+        if data.kind == "mixture" and src.kind == "chat":
+            raise ValueError(f"data.sources[{i}].kind='chat' belongs in data.kind=sft")
+        if src.weight <= 0:
+            raise ValueError(f"data.sources[{i}].weight={src.weight} must be > 0")
+        if data.source != "generated" and not os.path.exists(src.path) and not glob.glob(src.path):
+            raise ValueError(f"data.sources[{i}].path={src.path!r} does not exist")
+    if data.image.min_pixels > data.image.max_pixels:
+        raise ValueError(f"data.image.min_pixels={data.image.min_pixels} exceeds data.image.max_pixels")
 
 
 def to_container(cfg: PretrainConfig | DictConfig) -> dict:

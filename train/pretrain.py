@@ -42,8 +42,8 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
     from train.engine.distributed import configure_accelerator_env
 
     configure_accelerator_env(cfg.paths.cache_dir)
-    from data_pipelines.loader import ResumableBatches
-    from data_pipelines.pretrain_text import prepare_text_data
+    from data_pipelines.pretrain_text import prepare_data
+    from data_pipelines.tokenizer import align_vision_token_ids
     from train.checkpoint.checkpointer import Checkpointer, Topology, set_rng_state
     from train.engine.deepspeed_setup import build_engine, resolve_dtype
     from train.engine.distributed import barrier, init_distributed
@@ -59,13 +59,14 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(to_container(cfg), indent=2))
 
-    data = prepare_text_data(cfg.data, probe, Path(cfg.paths.data_dir), Path(cfg.paths.cache_dir),
-                             dist_info.is_main, barrier)
+    data = prepare_data(cfg.data, probe, Path(cfg.paths.data_dir), Path(cfg.paths.cache_dir),
+                        dist_info.is_main, barrier, dist_info.rank, dist_info.world_size)
     vocab = None if cfg.model.init_from else _pad_vocab(len(data.tokenizer))
     hf_config = build_hf_config(cfg.model, vocab_size=vocab)
     if hf_config.get_text_config().vocab_size < len(data.tokenizer):
         raise ValueError(f"the tokenizer has {len(data.tokenizer)} tokens, the model's vocab_size is "
                          f"{hf_config.get_text_config().vocab_size}")
+    align_vision_token_ids(hf_config, data.tokenizer, from_scratch=cfg.model.init_from is None)
     model = build_model(cfg.model, hf_config, resolve_dtype(cfg.trainer.precision), cfg.trainer.seed)
     if dist_info.is_main:
         data.tokenizer.save_pretrained(run_dir / "tokenizer")
@@ -76,12 +77,18 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
     plan = checkpointer.plan_resume(topology) if cfg.trainer.resume else None
     engine = build_engine(cfg, model, load_universal=plan is not None and plan.universal)
 
-    batches = ResumableBatches(data.train_rows, cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps,
-                               dist_info.rank, dist_info.world_size, cfg.data.seed)
+    batches = data.batches(cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps, dist_info.rank,
+                           dist_info.world_size, cfg.data.seed)
     start_step, wandb_id = 0, None
     if plan is not None:
         rank_state = checkpointer.load(engine, plan)
-        batches.load_state_dict(plan.meta["data"])
+        if cfg.data.streaming:  # each rank's own stream position; no meaning at another world size
+            if rank_state is None or "data" not in rank_state:
+                raise ValueError("data.streaming=true cannot resume at a different world size: stream positions "
+                                 "are per rank (resume at the saved world size, or use map-style data)")
+            batches.load_state_dict(rank_state["data"])
+        else:
+            batches.load_state_dict(plan.meta["data"])
         if rank_state is not None:
             set_rng_state(rank_state["rng"])
         start_step, wandb_id = plan.step, plan.meta.get("wandb_id")
@@ -99,7 +106,6 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         aux_coef=cfg.loss.aux_coef, z_coef=cfg.loss.z_coef, num_experts=text.num_experts,
         top_k=text.num_experts_per_tok, flops_per_token=flops_per_token(hf_config, cfg.data.seq_len),
         peak_tflops=device_peak_tflops(cfg.trainer.peak_tflops_per_device),
-        pass_position_ids=data.packing == "packed",
         meta={"topology": topology.as_dict(), "family": cfg.model.family},
     )
     expert_load = ExpertLoad(text.num_hidden_layers, text.num_experts, text.num_experts_per_tok)
@@ -108,6 +114,8 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         result = train_loop(engine, batches, settings, metrics, checkpointer, expert_load, monitor, start_step,
                             dist_info.device)
         metrics.summary({k: v for k, v in result.items() if not k.startswith("expert/per_layer")})
+        if data.policy is not None and dist_info.is_main:
+            data.policy.log_summary()
     finally:
         metrics.close()
     return result

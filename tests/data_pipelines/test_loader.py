@@ -15,7 +15,7 @@ def _rows(n: int = 64, seq: int = 4) -> datasets.Dataset:
 
 
 def _ids(step_batches) -> list[int]:
-    return [int(x) for mb in step_batches for x in mb["input_ids"][:, 0]]
+    return [int(x) for mb in step_batches for x in mb["inputs"]["input_ids"][:, 0]]
 
 
 def test_two_ranks_see_what_one_rank_with_grad_accum_sees():
@@ -55,4 +55,5 @@ def test_too_small_dataset_names_the_knobs():
 def test_batches_are_tensors():
     a = ResumableBatches(_rows(), micro_batch=4, grad_accum=1, dp_rank=0, dp_size=1, seed=0)
     mb = a.next_step()[0]
-    assert isinstance(mb["input_ids"], torch.Tensor) and mb["input_ids"].shape == (4, 4)
+    assert isinstance(mb["inputs"]["input_ids"], torch.Tensor) and mb["inputs"]["input_ids"].shape == (4, 4)
+    assert mb["labels"].shape == (4, 4)

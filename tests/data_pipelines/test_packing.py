@@ -51,3 +51,31 @@ def test_auto_packing_never_packs_gated_deltanet():
     assert resolve_packing_mode("auto", qwen3_5) == "per_document"
     with pytest.raises(ValueError, match="would leak state across documents"):
         resolve_packing_mode("packed", qwen3_5)
+
+
+def test_qwen3_5_per_document_rows_equal_per_document_logits_and_packing_would_leak():
+    """Qwen3.5 on CPU runs through the fallback: one document per row (with 4-row mRoPE positions from the
+    collator) gives exactly each document's own logits; packing the same documents would leak GDN state."""
+    from data_pipelines.collate import Collator
+    from data_pipelines.packing import pack_samples
+
+    cfg = compose(["model=qwen3_5_moe_tiny"])
+    config = build_hf_config(cfg.model, vocab_size=128)
+    assert resolve_packing_mode("auto", config, varlen_available=False) == "per_document"
+    assert resolve_packing_mode("auto", config, varlen_available=True) == "varlen"
+    model = build_model(cfg.model, config, torch.float32, seed=0).eval()
+    g = torch.Generator().manual_seed(2)
+    docs = [torch.randint(1, 128, (n,), generator=g).tolist() for n in (7, 12, 9)]
+    samples = [{"input_ids": d, "labels": [IGNORE_INDEX] + d[1:]} for d in docs]
+    batch = Collator("per_document", mrope=True)(pack_samples(samples, 16, "per_document", pad_id=0))
+    packed = Collator("packed", mrope=True)(pack_samples(samples, 32, "packed", pad_id=0))
+    with torch.no_grad():
+        rows = model(**batch["inputs"], use_cache=False).logits
+        together = model(**packed["inputs"], use_cache=False).logits[0]
+        start = 0
+        for i, doc in enumerate(docs):
+            alone = model(input_ids=torch.tensor([doc]), use_cache=False).logits[0]
+            torch.testing.assert_close(rows[i, :len(doc)], alone, atol=1e-5, rtol=1e-5)
+            if i > 0:
+                assert (together[start:start + len(doc)] - alone).abs().max() > 1e-3
+            start += len(doc)

@@ -40,7 +40,6 @@ class LoopSettings:
     top_k: int
     flops_per_token: float
     peak_tflops: float
-    pass_position_ids: bool
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,11 +82,9 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
             group["lr"] = lr
         sums = torch.zeros(5, dtype=torch.float64)  # total, lm, aux, z, non-finite count
         micro_batches = batches.next_step()
-        for mb in micro_batches:
-            kwargs = {"input_ids": mb["input_ids"].to(device)}
-            if s.pass_position_ids:
-                kwargs["position_ids"] = mb["position_ids"].to(device)
-            out = engine(**kwargs, output_router_logits=True, use_cache=False)
+        for mb in micro_batches:  # {"inputs": model kwargs (ids, positions, images), "labels": ...}
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in mb["inputs"].items()}
+            out = engine(**inputs, output_router_logits=True, use_cache=False)
             terms = moe_losses(out.logits, mb["labels"].to(device), out.router_logits, s.num_experts, s.top_k,
                                s.aux_coef, s.z_coef)
             engine.backward(terms.total)
@@ -96,7 +93,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
             sums[:4] += values
             sums[4] += float(not torch.isfinite(values).all())
             expert_load.update(out.router_logits)
-            window_tokens += mb["input_ids"].numel()
+            window_tokens += mb["labels"].numel()
         step += 1
         steps_this_run += 1
         flags = torch.tensor([sums[4].item(), float(stop.requested)], dtype=torch.float64)
@@ -131,7 +128,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
         stopping = bool(reduced[5] > 0) or (s.stop_after_steps is not None and steps_this_run >= s.stop_after_steps)
         if step % s.checkpoint_every == 0 or step == s.max_steps or stopping:
             meta = {**s.meta, "data": batches.state_dict(), "wandb_id": metrics.wandb_id}
-            checkpointer.save(engine, step, {"rng": rng_state()}, meta)
+            checkpointer.save(engine, step, {"rng": rng_state(), "data": batches.state_dict()}, meta)
         if stopping:
             log.warning("stopping at step %d (%s)", step, "signal" if reduced[5] > 0 else "stop_after_steps")
             break

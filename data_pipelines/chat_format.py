@@ -1,0 +1,110 @@
+"""Chat records in OpenAI `messages` format (with `tools` and `tool_calls`), ShareGPT converted on read.
+
+`normalize_dialog` returns the messages and tools the chat template renders, or raises BadRecord for an
+unknown role, a tool call whose arguments are not a JSON object, or a dialog without a user or assistant
+turn. Tool-call arguments (a JSON string in OpenAI's format) become dicts, which both templates render.
+ShareGPT: `conversations` of `{from, value}` with from in human/gpt/system/function_call/observation;
+a `function_call` value is the JSON `{"name", "arguments"}` of one call.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from data_pipelines.bad_input import BadRecord
+
+ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system", "observation": "tool", "tool": "tool", "function_call": "assistant"}
+
+
+def _sharegpt_messages(turns: list, origin: str) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or "from" not in turn:
+            raise BadRecord(origin, "malformed chat", f"conversations[{i}] has no 'from'")
+        role = SHAREGPT_ROLES.get(turn["from"])
+        if role is None:
+            raise BadRecord(origin, "unknown role", f"conversations[{i}].from={turn['from']!r} "
+                            f"(ShareGPT roles: {sorted(SHAREGPT_ROLES)})")
+        value = turn.get("value", "")
+        if turn["from"] == "function_call":
+            try:
+                call = json.loads(value) if isinstance(value, str) else value
+            except json.JSONDecodeError as e:
+                raise BadRecord(origin, "invalid tool call arguments",
+                                f"conversations[{i}] function_call is not JSON: {e}") from None
+            message = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]}
+            if messages and messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
+                messages[-1]["tool_calls"] = message["tool_calls"]
+                continue
+            messages.append(message)
+        else:
+            messages.append({"role": role, "content": value})
+    return messages
+
+
+def _arguments(args: Any, where: str, origin: str) -> dict[str, Any]:
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as e:
+            raise BadRecord(origin, "invalid tool call arguments", f"{where}.arguments is not valid JSON: {e}") from None
+    if not isinstance(args, dict):
+        raise BadRecord(origin, "invalid tool call arguments", f"{where}.arguments is a {type(args).__name__}, "
+                        "not a JSON object")
+    return args
+
+
+def normalize_dialog(record: dict[str, Any], origin: str) -> tuple[list[dict[str, Any]], list[dict] | None]:
+    """(messages, tools) ready for the chat template, validated."""
+    if "messages" in record:
+        raw = record["messages"]
+    elif "conversations" in record:
+        raw = _sharegpt_messages(record["conversations"], origin)
+    else:
+        raise BadRecord(origin, "malformed chat", f"no 'messages' or 'conversations' (keys: {sorted(record)})")
+    if not isinstance(raw, list) or not raw:
+        raise BadRecord(origin, "malformed chat", "'messages' is not a non-empty list")
+    messages = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            role = m.get("role") if isinstance(m, dict) else m
+            raise BadRecord(origin, "unknown role", f"messages[{i}].role={role!r} (expected one of {list(ROLES)})")
+        msg = {"role": m["role"], "content": m.get("content") if m.get("content") is not None else ""}
+        if m["role"] == "assistant":
+            if m.get("reasoning_content") is not None:
+                msg["reasoning_content"] = m["reasoning_content"]
+            calls = []
+            for j, call in enumerate(m.get("tool_calls") or []):
+                fn = call.get("function", call) if isinstance(call, dict) else None
+                if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                    raise BadRecord(origin, "malformed chat", f"messages[{i}].tool_calls[{j}] has no function name")
+                args = _arguments(fn.get("arguments", {}), f"messages[{i}].tool_calls[{j}]", origin)
+                calls.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
+            if calls:
+                msg["tool_calls"] = calls
+        if m["role"] == "system" and i != 0:
+            raise BadRecord(origin, "malformed chat", f"messages[{i}] is a system message after the start")
+        messages.append(msg)
+    if not any(m["role"] == "assistant" for m in messages):
+        raise BadRecord(origin, "malformed chat", "no assistant turn to learn from")
+    if not any(m["role"] == "user" for m in messages):
+        raise BadRecord(origin, "malformed chat", "no user turn")
+    tools = record.get("tools") or None
+    if tools is not None and not isinstance(tools, list):
+        raise BadRecord(origin, "malformed chat", "'tools' is not a list")
+    return messages, tools
+
+
+def message_images(messages: list[dict[str, Any]]) -> list[str]:
+    """Image references of content parts, in the order the template renders their `<|image_pad|>`."""
+    out = []
+    for m in messages:
+        if isinstance(m.get("content"), list):
+            for part in m["content"]:
+                if isinstance(part, dict) and (part.get("type") == "image" or "image" in part):
+                    ref = part.get("image") or part.get("image_url")
+                    out.append(ref["url"] if isinstance(ref, dict) else ref)
+    return out
