@@ -27,7 +27,7 @@ from data_pipelines.packing import IGNORE_INDEX
 
 IM_END = "<|im_end|>"
 IMAGE_PAD = "<|image_pad|>"
-CHAT_TEMPLATES = ("qwen3_5", "qwen3")
+CHAT_TEMPLATES = ("qwen3_5", "qwen3_5_nothink", "qwen3")
 
 
 def chat_template_text(name: str) -> str:

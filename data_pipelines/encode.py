@@ -39,6 +39,7 @@ class EncodeSpec:
     image: ImageSpec | None = None
     enable_thinking: bool = False
     overlong: str = "split"
+    render_tools: bool = True
 
 
 class Encoder:
@@ -131,6 +132,8 @@ class Encoder:
 
     def _chat(self, value: dict, origin: str) -> list[dict[str, Any]]:
         messages, tools = normalize_dialog(value, origin)
+        if not self.spec.render_tools:
+            tools = None
         resolved = {r: self._image(r, origin) for r in message_images(messages)}
         samples = render_dialog(self.tok, messages, tools, self.spec.seq_len, self.spec.enable_thinking,
                                 self.spec.overlong, origin, {r: (p, num_image_tokens(g)) for r, (p, g) in resolved.items()})

@@ -153,7 +153,8 @@ def _mixture_spec(cfg: DataConfig, mode: str) -> MixtureSpec:
     multimodal = cfg.kind == "sft" or any(s.kind != "text" for s in cfg.sources)
     encode = tuple((EncodeSpec(kind=s.kind, seq_len=cfg.seq_len, text_field=s.text_field, image_field=s.image_field,
                                image_root=s.image_root, image=image_spec(cfg), enable_thinking=cfg.enable_thinking,
-                               overlong=cfg.overlong), s.path, float(s.weight)) for s in cfg.sources)
+                               overlong=cfg.overlong, render_tools=cfg.render_tools), s.path, float(s.weight))
+                   for s in cfg.sources)
     return MixtureSpec(seq_len=cfg.seq_len, mode="packed" if mode == "varlen" else mode, multimodal=multimodal,
                        seed=cfg.seed, encode=encode, on_error=cfg.on_error, chat_template=cfg.chat_template)
 

@@ -120,10 +120,14 @@ class DataConfig:
     streaming: bool = False
     # raise: bad input stops the run naming file and line; skip: count it, go on, summarise at the end.
     on_error: str = "raise"
-    chat_template: str = "qwen3_5"  # qwen3_5 (XML tool calls) | qwen3 (JSON tool calls)
+    # qwen3_5 (XML tool calls) | qwen3_5_nothink (the same without empty think blocks) | qwen3 (JSON tool calls)
+    chat_template: str = "qwen3_5"
     enable_thinking: bool = False
     # SFT dialogs longer than seq_len: split between assistant turns (split) or treat as bad input (error).
     overlong: str = "split"
+    # Render the `tools` schemas into the system prompt. Off for small models trained on a fixed tool set: the
+    # commerce tools cost ~2k tokens per sample; evaluation must then render without them too.
+    render_tools: bool = True
     image: ImageConfig = field(default_factory=ImageConfig)
 
 
@@ -202,7 +206,7 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
     _choice("data.packing", cfg.data.packing, ("auto", "packed", "per_document", "varlen"))
     _choice("data.kind", cfg.data.kind, DATA_KINDS)
     _choice("data.on_error", cfg.data.on_error, ("raise", "skip"))
-    _choice("data.chat_template", cfg.data.chat_template, ("qwen3_5", "qwen3"))
+    _choice("data.chat_template", cfg.data.chat_template, ("qwen3_5", "qwen3_5_nothink", "qwen3"))
     _choice("data.overlong", cfg.data.overlong, ("split", "error"))
     _validate_sources(cfg.data)
     if cfg.model.trust_remote_code:
@@ -262,3 +266,33 @@ def _validate_sources(data: DataConfig | DictConfig) -> None:
 def to_container(cfg: PretrainConfig | DictConfig) -> dict:
     """Plain dict of the resolved config, for the run directory and wandb."""
     return OmegaConf.to_container(cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg), resolve=True)
+
+
+@dataclass
+class CommerceEvalConfig:
+    # A folder written by `python -m data_pipelines.commerce_world out=DIR`.
+    world_dir: str = MISSING
+    split: str = "test"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    limit: int | None = None  # first N scenarios (null: all)
+    max_new_tokens: int = 160
+    max_assistant_turns: int = 16
+    # Render the tool schemas into the prompt; the tiny models are trained without them (they cost ~2k tokens).
+    render_tools: bool = False
+    image_qa: bool = True
+    image_qa_limit: int | None = None
+
+
+@dataclass
+class EvaluateConfig:
+    model_path: str = MISSING
+    # Where the results JSON goes; null: <model_path>/eval_<split>.json
+    out: str | None = None
+    precision: str = "fp32"
+    # "auto" spreads a model larger than one device over the visible devices (transformers device_map).
+    device_map: str | None = None
+    eval: CommerceEvalConfig = field(default_factory=CommerceEvalConfig)
+
+
+def register_eval_configs() -> None:
+    ConfigStore.instance().store(name="evaluate_schema", node=EvaluateConfig)
