@@ -1,0 +1,32 @@
+"""Fine-tune a Qwen MoE on commerce dialogs: the pretraining core (engine, losses, metrics, checkpoints) with
+the SFT data path (chat template rendering, loss on assistant tokens only).
+
+    python -m train.sft experiment=sft_commerce_tiny model.init_from=exports/pretrain
+    torchrun --nproc_per_node 2 -m train.sft experiment=sft_commerce_tiny model.init_from=... parallel.ep_size=2
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import hydra
+from omegaconf import DictConfig
+
+from train.config import register_configs
+from train.pretrain import pretrain
+
+log = logging.getLogger("train.sft")
+register_configs()
+
+
+@hydra.main(config_path="../configs", config_name="sft", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    logging.getLogger().setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
+    pretrain(cfg, cfg.run_dir or HydraConfig.get().runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
