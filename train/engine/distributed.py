@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +28,37 @@ def configure_accelerator_env(cache_dir: str) -> None:
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.abspath(os.path.join(cache_dir, "torch_extensions")))
+
+
+def first_slurm_host(nodelist: str) -> str:
+    """First host of a Slurm hostlist ("gpu[007-010,12],cpu1" -> "gpu007"): where task 0 of a step runs."""
+    first = re.split(r",(?![^\[]*\])", nodelist.strip(), maxsplit=1)[0]
+    return re.sub(r"\[([^\]]*)\]", lambda m: re.split(r"[-,]", m.group(1))[0], first)
+
+
+def slurm_rank_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT for a process that srun started as one task per GPU.
+
+    Empty when a launcher (torchrun) already set RANK, or outside a job step (the batch shell itself has no
+    SLURM_STEP_NUM_TASKS), so a plain `python` in an allocation stays a single process.
+    """
+    if "RANK" in environ or "SLURM_STEP_NUM_TASKS" not in environ or "SLURM_PROCID" not in environ:
+        return {}
+    env = {
+        "RANK": environ["SLURM_PROCID"],
+        "LOCAL_RANK": environ.get("SLURM_LOCALID", "0"),
+        "WORLD_SIZE": environ["SLURM_STEP_NUM_TASKS"],
+        "MASTER_ADDR": environ.get("MASTER_ADDR")
+        or first_slurm_host(environ.get("SLURM_STEP_NODELIST") or environ["SLURM_JOB_NODELIST"]),
+        # The same port for every restart of a job (requeues keep the job id); jobs sharing a node differ.
+        "MASTER_PORT": environ.get("MASTER_PORT") or str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 40000),
+    }
+    return env
+
+
+def adopt_slurm_rank_env() -> None:
+    """Export the rank variables of a Slurm task (see slurm_rank_env); call before validating the world size."""
+    os.environ.update(slurm_rank_env(os.environ))
 
 
 def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
