@@ -71,7 +71,7 @@ class MetricsLogger:
                     flat[f"expert_layer/{i}/imbalance"] = imb
                     flat[f"expert_layer/{i}/dead"] = dead
                     flat[f"expert_layer/{i}/entropy"] = ent
-            self.wandb_run.log(flat, step=step)
+            self._wandb("log", flat, step=step)
         if self.progress:
             self._progress_line(step, metrics)
 
@@ -89,14 +89,28 @@ class MetricsLogger:
             parts.append(f"imb {m['expert/imbalance_max']:.2f} dead {m['expert/dead']}")
         print(" | ".join(parts) + eta, file=sys.stderr, flush=True)
 
+    def _wandb(self, method: str, *args, **kwargs) -> None:
+        """wandb is a side channel: if its service dies (e.g. a Slurm SIGTERM reached it first), warn once and
+        carry on, so the checkpoint on the way out is still written."""
+        if self.wandb_run is None:
+            return
+        try:
+            getattr(self.wandb_run, method)(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any wandb failure must not stop training
+            log.warning("wandb %s failed (%s: %s); metrics continue in metrics.jsonl only", method,
+                        type(e).__name__, e)
+            self.wandb_run = None
+
     def summary(self, values: dict[str, Any]) -> None:
         if self.wandb_run is not None:
-            for k, v in _flatten(values).items():
-                self.wandb_run.summary[k] = v
+            try:
+                self.wandb_run.summary.update(_flatten(values))
+            except Exception as e:  # noqa: BLE001 - see _wandb
+                log.warning("wandb summary failed (%s: %s)", type(e).__name__, e)
+                self.wandb_run = None
 
     def close(self) -> None:
         if not self.enabled:
             return
         self.jsonl.close()
-        if self.wandb_run is not None:
-            self.wandb_run.finish()
+        self._wandb("finish")
