@@ -6,7 +6,7 @@ is decided here, once: position ids only for packed rows (Qwen3) or always as 4-
 `pixel_values`, `image_grid_thw` and `mm_token_type_ids` (the processor runs here, in the loader, on the
 images named by the rows); for `varlen` rows the micro-batch is flattened into one sequence with
 `cu_seq_lens_*` for fla / flash attention. No attention mask is needed: rows are right-padded, attention is
-causal and pads carry no labels.
+causal and pads carry no labels; the padding after the last labelled column of a micro-batch is cut.
 """
 
 from __future__ import annotations
@@ -42,6 +42,14 @@ def varlen_kwargs(position_ids: torch.Tensor) -> dict[str, torch.Tensor | int]:
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len}
 
 
+def trimmed_width(labels: torch.Tensor) -> int:
+    """Columns up to the last labelled one: the right padding after it changes nothing in a causal model
+    (no labels, nothing attends to it), so it is cut instead of computed. Rows of short documents or
+    dialogs padded to a long seq_len would otherwise cost most of a step."""
+    cols = (labels != -100).any(dim=0).nonzero()
+    return int(cols[-1]) + 1 if len(cols) else labels.shape[1]
+
+
 class Collator:
     def __init__(self, mode: str, mrope: bool, image: ImageSpec | None = None) -> None:
         self.mode = mode
@@ -52,6 +60,10 @@ class Collator:
         input_ids = torch.as_tensor(rows["input_ids"], dtype=torch.long)
         labels = torch.as_tensor(rows["labels"], dtype=torch.long)
         positions = torch.as_tensor(rows["position_ids"], dtype=torch.long)
+        width = trimmed_width(labels)
+        input_ids, labels, positions = input_ids[:, :width], labels[:, :width], positions[:, :width]
+        if rows.get("mm_token_type_ids") is not None:
+            rows = {**rows, "mm_token_type_ids": [list(r)[:width] for r in rows["mm_token_type_ids"]]}
         inputs: dict = {"input_ids": input_ids}
         images = [p for row in rows.get("images", []) for p in row]
         if self.mrope:

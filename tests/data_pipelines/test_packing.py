@@ -79,3 +79,19 @@ def test_qwen3_5_per_document_rows_equal_per_document_logits_and_packing_would_l
             if i > 0:
                 assert (together[start:start + len(doc)] - alone).abs().max() > 1e-3
             start += len(doc)
+
+
+def test_collator_cuts_padding_after_the_last_label_and_logits_are_unchanged():
+    from data_pipelines.collate import Collator
+
+    cfg = compose(["experiment=ci_tiny"])
+    config = build_hf_config(cfg.model, vocab_size=128)
+    model = build_model(cfg.model, config, torch.float32, seed=0).eval()
+    rows = pack_documents([[5, 6, 7], [8, 9, 10, 11, 12]], seq_len=16, mode="per_document", pad_id=0)
+    batch = Collator("per_document", mrope=False)(rows)
+    assert batch["inputs"]["input_ids"].shape == (2, 5) and batch["labels"].shape == (2, 5)
+    full = torch.tensor(rows["input_ids"])
+    with torch.no_grad():
+        cut = model(**batch["inputs"], use_cache=False).logits
+        ref = model(input_ids=full, use_cache=False).logits[:, :5]
+    torch.testing.assert_close(cut, ref, atol=1e-5, rtol=1e-5)
