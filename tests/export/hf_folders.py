@@ -26,7 +26,7 @@ QWEN3_5 = [
 ]
 # Run overrides matching ci_tiny's data and trainer settings, for families other than ci_tiny's own.
 CI_TINY_RUN = ["data.num_documents=600", "data.vocab_size=512", "data.seq_len=64", "trainer.micro_batch_size=2",
-               "trainer.checkpoint_every=100", "logger=disabled", "optim.warmup_steps=2", "optim.lr=3.0e-3"]
+               "trainer.checkpoint_every=100", "logger=disabled", "optim.warmup_steps=2"]
 FAMILY_OVERRIDES = {"qwen3_moe": QWEN3, "qwen3_5_moe": QWEN3_5}
 
 

@@ -9,40 +9,40 @@ Qwen3 writes tool calls as JSON, Qwen3.5 as XML (`<function=NAME><parameter=K>V<
 from __future__ import annotations
 
 _TOOLS_SYSTEM = (
-    "{%- if tools %}<|im_start|>system\n"
-    "{%- if messages and messages[0].role == 'system' %}{{ messages[0].content }}\n\n{%- endif %}"
+    "{% if tools %}<|im_start|>system\n"
+    "{% if messages and messages[0].role == 'system' %}{{ messages[0].content }}\n\n{% endif %}"
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
-    "{%- for tool in tools %}\n{{ tool | tojson }}{%- endfor %}\n</tools>\n\n{TOOL_CALL_HINT}<|im_end|>\n"
-    "{%- elif messages and messages[0].role == 'system' %}"
-    "<|im_start|>system\n{{ messages[0].content }}<|im_end|>\n{%- endif %}"
+    "{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}\n</tools>\n\n{TOOL_CALL_HINT}<|im_end|>\n"
+    "{% elif messages and messages[0].role == 'system' %}"
+    "<|im_start|>system\n{{ messages[0].content }}<|im_end|>\n{% endif %}"
 )
 
 _TURNS = (
-    "{%- for message in messages %}"
-    "{%- if message.role == 'system' and loop.first %}"
-    "{%- elif message.role == 'tool' %}"
-    "{%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}<|im_start|>user{%- endif %}"
+    "{% for message in messages %}"
+    "{% if message.role == 'system' and loop.first %}"
+    "{% elif message.role == 'tool' %}"
+    "{% if loop.first or messages[loop.index0 - 1].role != 'tool' %}<|im_start|>user{% endif %}"
     "\n<tool_response>\n{{ message.content }}\n</tool_response>"
-    "{%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}<|im_end|>\n{%- endif %}"
-    "{%- elif message.role == 'assistant' %}<|im_start|>assistant\n"
-    "{%- if message.reasoning_content is defined and message.reasoning_content %}"
-    "<think>\n{{ message.reasoning_content }}\n</think>\n\n{%- endif %}"
+    "{% if loop.last or messages[loop.index0 + 1].role != 'tool' %}<|im_end|>\n{% endif %}"
+    "{% elif message.role == 'assistant' %}<|im_start|>assistant\n"
+    "{% if message.reasoning_content is defined and message.reasoning_content %}"
+    "<think>\n{{ message.reasoning_content }}\n</think>\n\n{% endif %}"
     "{{ message.content if message.content is string else '' }}"
-    "{%- for call in (message.tool_calls or []) %}{%- set fn = call.function if call.function is defined else call %}"
-    "{TOOL_CALL}{%- endfor %}<|im_end|>\n"
-    "{%- else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{%- endif %}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}<|im_start|>assistant\n"
-    "{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- endif %}"
-    "{%- endif %}"
+    "{% for call in (message.tool_calls or []) %}{% set fn = call.function if call.function is defined else call %}"
+    "{TOOL_CALL}{% endfor %}<|im_end|>\n"
+    "{% else %}<|im_start|>{{ message.role }}\n{{ message.content }}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+    "{% endif %}"
 )
 
-_JSON_CALL = ("{%- if loop.first and message.content %}\n{%- endif %}"
+_JSON_CALL = ("{% if loop.first and message.content %}\n{% endif %}"
               "<tool_call>\n{\"name\": \"{{ fn.name }}\", \"arguments\": {{ fn.arguments | tojson }}}\n</tool_call>")
-_XML_CALL = ("{%- if loop.first and message.content %}\n{%- endif %}"
-             "<tool_call>\n<function={{ fn.name }}>\n{%- for k, v in fn.arguments.items() %}"
-             "\n<parameter={{ k }}>\n{{ v if v is string else v | tojson }}\n</parameter>{%- endfor %}"
+_XML_CALL = ("{% if loop.first and message.content %}\n{% endif %}"
+             "<tool_call>\n<function={{ fn.name }}>{% for k, v in fn.arguments.items() %}"
+             "\n<parameter={{ k }}>\n{{ v if v is string else v | tojson }}\n</parameter>{% endfor %}"
              "\n</function>\n</tool_call>")
 _JSON_HINT = ("For each function call, return a json object with function name and arguments within "
               "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, "
@@ -53,7 +53,9 @@ _XML_HINT = ("For each function call, write it within <tool_call></tool_call> XM
 
 
 def _template(call: str, hint: str) -> str:
-    return _TOOLS_SYSTEM.replace("{TOOL_CALL_HINT}", hint) + _TURNS.replace("{TOOL_CALL}", call)
+    text = _TOOLS_SYSTEM.replace("{TOOL_CALL_HINT}", hint) + _TURNS.replace("{TOOL_CALL}", call)
+    # transformers renders with trim_blocks: a newline right after a block tag must be an expression.
+    return text.replace("%}\n", "%}{{ '\\n' }}")
 
 
 CHAT_TEMPLATES = {
