@@ -183,10 +183,44 @@ class PretrainConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
 
 
+@dataclass
+class ExportSettings:
+    dtype: str = "bfloat16"  # bfloat16 | float32 | float16
+    max_shard_size_mb: int = 4096
+    overwrite: bool = False
+    # null: 1e-4 for float32 exports, 0.1 for bfloat16, 0.05 for float16 (max |logit difference|).
+    verify_atol: float | None = None
+
+
+@dataclass
+class ExportConfig:
+    """`python -m train.export checkpoint=runs/X/checkpoints/step_N out=exports/my-model [verify=true]`."""
+
+    checkpoint: str = MISSING
+    out: str = MISSING
+    verify: bool = False
+    export: ExportSettings = field(default_factory=ExportSettings)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
 def register_configs() -> None:
     """Make the schemas available to the `defaults` lists in configs/."""
     cs = ConfigStore.instance()
     cs.store(name="pretrain_schema", node=PretrainConfig)
+    cs.store(name="export_schema", node=ExportConfig)
+
+
+EXPORT_DTYPES = ("bfloat16", "float32", "float16")
+
+
+def validate_export(cfg: ExportConfig | DictConfig) -> None:
+    """Checks for `train.export`; raise ValueError naming the key."""
+    _choice("export.dtype", cfg.export.dtype, EXPORT_DTYPES)
+    if cfg.export.max_shard_size_mb < 1:
+        raise ValueError(f"export.max_shard_size_mb={cfg.export.max_shard_size_mb} must be >= 1")
+    if not os.path.isdir(cfg.checkpoint):
+        raise ValueError(f"checkpoint={cfg.checkpoint!r}: no such directory")
 
 
 def _choice(key: str, value: Any, allowed: tuple) -> None:

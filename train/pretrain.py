@@ -67,7 +67,8 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         raise ValueError(f"the tokenizer has {len(data.tokenizer)} tokens, the model's vocab_size is "
                          f"{hf_config.get_text_config().vocab_size}")
     align_vision_token_ids(hf_config, data.tokenizer, from_scratch=cfg.model.init_from is None)
-    model = build_model(cfg.model, hf_config, resolve_dtype(cfg.trainer.precision), cfg.trainer.seed)
+    model = build_model(cfg.model, hf_config, resolve_dtype(cfg.trainer.precision), cfg.trainer.seed,
+                        dist_info.rank % cfg.parallel.ep_size, cfg.parallel.ep_size)
     if dist_info.is_main:
         data.tokenizer.save_pretrained(run_dir / "tokenizer")
 

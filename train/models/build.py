@@ -75,17 +75,17 @@ def build_hf_config(model_cfg: ModelConfig, vocab_size: int | None = None) -> Pr
     return config_cls(**kwargs)
 
 
-def build_model(model_cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype, seed: int) -> PreTrainedModel:
-    """Random init (seeded, identical on every rank) or weights from the local `init_from` folder."""
+def build_model(model_cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype, seed: int,
+                ep_rank: int = 0, ep_size: int = 1) -> PreTrainedModel:
+    """Random init (seeded, identical on every rank), then the local `init_from` weights this EP rank owns."""
     _, model_cls = FAMILIES[model_cfg.family]
+    torch.manual_seed(seed)
+    hf_config._attn_implementation = model_cfg.attn_implementation
+    model = model_cls._from_config(hf_config, dtype=dtype)
     if model_cfg.init_from is not None:
-        model = model_cls.from_pretrained(model_cfg.init_from, config=hf_config, dtype=dtype,
-                                          attn_implementation=model_cfg.attn_implementation,
-                                          trust_remote_code=False, use_safetensors=True)
-    else:
-        torch.manual_seed(seed)
-        hf_config._attn_implementation = model_cfg.attn_implementation
-        model = model_cls._from_config(hf_config, dtype=dtype)
+        from train.models.hf_import import load_hf_weights
+
+        load_hf_weights(model, model_cfg.init_from, ep_rank, ep_size)
     model.config.use_cache = False
     if model_cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -1,0 +1,167 @@
+"""Load a local Hugging Face checkpoint into the transformers model, reading only what this EP rank owns.
+
+Called by `build_model` for `model.init_from`, before `deepspeed.initialize`: AutoEP then keeps only the
+local experts of each MoE layer, so this rank reads every non-expert tensor but only the experts
+`[ep_rank * E / ep_size, (ep_rank + 1) * E / ep_size)` (per-expert keys, or row slices of fused keys through
+safetensors' lazy `get_slice`). The other experts keep their random init and are dropped by AutoEP.
+Bad input fails naming the file and the tensor: a missing index, a shard missing or truncated, a tensor
+whose shape does not match the model, a model tensor absent from the checkpoint.
+`mtp.*` tensors (multi-token prediction) have no place in the transformers model and are skipped here;
+the exporter carries them from this folder to the export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+
+from train.models.hf_adapter import ImportTarget, from_hf
+
+log = logging.getLogger(__name__)
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+SKIPPED_PREFIXES = ("mtp.",)
+
+
+def shard_index(folder: str | Path) -> dict[str, Path]:
+    """{tensor name: shard file} from the index, or from a single `model.safetensors`."""
+    folder = Path(folder)
+    index = folder / INDEX
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{index}: not a valid safetensors index ({e})") from e
+        return {name: folder / file for name, file in weight_map.items()}
+    if (folder / SINGLE).exists():
+        with _open(folder / SINGLE, "<header>") as f:
+            return {name: folder / SINGLE for name in f.keys()}
+    shards = sorted(p.name for p in folder.glob("*.safetensors"))
+    if shards:
+        raise ValueError(f"{index}: missing, but {folder} holds {len(shards)} shard(s) ({shards[0]}, ...); "
+                         f"the index is needed to know which tensor is in which file")
+    raise ValueError(f"{folder}: neither {INDEX} nor {SINGLE} found")
+
+
+class _open:
+    """safe_open with errors that name the file and the tensor being read."""
+
+    def __init__(self, path: Path, tensor: str) -> None:
+        self.path, self.tensor = path, tensor
+
+    def __enter__(self):
+        if not self.path.exists():
+            raise ValueError(f"{self.path}: shard file missing (needed for tensor {self.tensor})")
+        try:
+            self._ctx = safe_open(str(self.path), framework="pt", device="cpu")
+            return self._ctx.__enter__()
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+            raise ValueError(f"{self.path}: corrupt or truncated safetensors file while reading tensor "
+                             f"{self.tensor} ({e})") from e
+
+    def __exit__(self, *exc) -> None:
+        self._ctx.__exit__(*exc)
+
+
+def _read(f, path: Path, name: str, rows: slice | None = None) -> torch.Tensor:
+    try:
+        return f.get_slice(name)[rows] if rows is not None else f.get_tensor(name)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{path}: cannot read tensor {name} (corrupt or truncated file?): {e}") from e
+
+
+def _check_shape(path: Path, name: str, got: tuple[int, ...], want: tuple[int, ...], param: str) -> None:
+    if tuple(got) != tuple(want):
+        raise ValueError(f"{path}: tensor {name} has shape {list(got)}, the model's {param} needs {list(want)}")
+
+
+def load_hf_weights(model: nn.Module, folder: str | Path, ep_rank: int = 0, ep_size: int = 1) -> dict[str, int]:
+    """Copy the checkpoint in `folder` into `model`, reading only this EP rank's experts. Returns counts."""
+    index = shard_index(folder)
+    params = dict(model.state_dict(keep_vars=True))
+    by_file: dict[Path, list[tuple[str, ImportTarget]]] = defaultdict(list)
+    skipped = 0
+    for name, path in index.items():
+        if name.startswith(SKIPPED_PREFIXES):
+            skipped += 1
+            continue
+        target = from_hf(name)
+        if target.param not in params:
+            raise ValueError(f"{path}: tensor {name} has no place in {type(model).__name__} (as {target.param})")
+        by_file[path].append((name, target))
+
+    filled: dict[str, set[int] | bool] = {}
+    read = 0
+    with torch.no_grad():
+        for path, entries in by_file.items():
+            with _open(path, entries[0][0]) as f:
+                for name, t in entries:
+                    read += _copy_one(f, path, name, t, params[t.param], ep_rank, ep_size, filled)
+    _check_complete(model, params, filled, Path(folder), ep_rank, ep_size)
+    log.info("loaded %d tensors from %s (ep_rank %d of %d; %d mtp tensors left for export)", read, folder,
+             ep_rank, ep_size, skipped)
+    return {"read": read, "skipped": skipped}
+
+
+def _owned(num_experts: int, ep_rank: int, ep_size: int) -> range:
+    n = num_experts // ep_size
+    return range(ep_rank * n, (ep_rank + 1) * n)
+
+
+def _copy_one(f, path: Path, name: str, t: ImportTarget, param: torch.Tensor, ep_rank: int, ep_size: int,
+              filled: dict) -> int:
+    if t.expert is None and not t.fused:
+        shape = tuple(f.get_slice(name).get_shape())
+        _check_shape(path, name, shape, tuple(param.shape), t.param)
+        param.copy_(_read(f, path, name).to(param.dtype))
+        filled[t.param] = True
+        return 1
+    owned = _owned(param.shape[0], ep_rank, ep_size)
+    if t.fused:
+        shape = tuple(f.get_slice(name).get_shape())
+        _check_shape(path, name, shape, tuple(param.shape), t.param)
+        rows = slice(owned.start, owned.stop)
+        param[rows].copy_(_read(f, path, name, rows).to(param.dtype))
+        filled.setdefault(t.param, set()).update(("whole", e) for e in owned)
+        return 1
+    if t.expert not in owned:
+        return 0
+    if t.expert >= param.shape[0]:
+        raise ValueError(f"{path}: tensor {name}: expert {t.expert} but the model has {param.shape[0]} experts")
+    dest = param[t.expert]
+    if t.half is not None:
+        half = dest.shape[0] // 2
+        dest = dest[:half] if t.half == "gate" else dest[half:]
+    shape = tuple(f.get_slice(name).get_shape())
+    _check_shape(path, name, shape, tuple(dest.shape), f"{t.param}[{t.expert}]" + (f" {t.half} rows" if t.half else ""))
+    dest.copy_(_read(f, path, name).to(param.dtype))
+    filled.setdefault(t.param, set()).add((t.half or "whole", t.expert))
+    return 1
+
+
+def _check_complete(model: nn.Module, params: dict, filled: dict, folder: Path, ep_rank: int, ep_size: int) -> None:
+    tied = getattr(model.config.get_text_config(), "tie_word_embeddings", False) or \
+        getattr(model.config, "tie_word_embeddings", False)
+    missing = []
+    for pname, p in params.items():
+        if pname.endswith(".experts.gate_up_proj") or pname.endswith(".experts.down_proj"):
+            parts = ("whole",) if pname.endswith("down_proj") else ("gate", "up")
+            got = filled.get(pname, set())
+            need = {(h, e) for e in _owned(p.shape[0], ep_rank, ep_size) for h in parts}
+            if isinstance(got, set) and any(("whole", e) in got for _, e in need):
+                got = got | {(h, e) for h, e in need if ("whole", e) in got}
+            if not need <= got:
+                missing.append(f"{pname} (experts {sorted({e for _, e in need - got})})")
+        elif pname not in filled and not (tied and pname == "lm_head.weight") and isinstance(p, nn.Parameter):
+            missing.append(pname)
+    if missing:
+        raise ValueError(f"{folder}: {len(missing)} model tensor(s) not found in the checkpoint: {missing[:5]}")
+    if tied:
+        model.tie_weights()
