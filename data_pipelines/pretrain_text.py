@@ -25,7 +25,7 @@ from data_pipelines.shapes_corpus import generate_shapes_corpus
 from data_pipelines.text_corpus import generate_text_corpus
 from data_pipelines.text_dataset import MixtureSpec, PackSpec, build_mixture_dataset, build_packed_dataset
 from data_pipelines.tokenizer import load_or_train_tokenizer
-from train.config import DataConfig
+from train.config import DataConfig, SourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,8 @@ def _source_texts(cfg: DataConfig):
     from data_pipelines.sources import read_records
 
     def texts():
-        for src in cfg.sources:
+        extra = [SourceConfig(kind="chat", path=p) for p in cfg.tokenizer_texts]
+        for src in [*cfg.sources, *extra]:
             for rec in read_records(src.path):
                 try:
                     value = json.loads(rec["record"])
@@ -141,7 +142,7 @@ def _source_texts(cfg: DataConfig):
 def _source_tokenizer(cfg: DataConfig, data_dir: Path) -> PreTrainedTokenizerBase:
     import hashlib
 
-    key = hashlib.sha256(repr([(s.kind, s.path) for s in cfg.sources]).encode()).hexdigest()[:10]
+    key = hashlib.sha256(repr([(s.kind, s.path) for s in cfg.sources] + list(cfg.tokenizer_texts)).encode()).hexdigest()[:10]
     cache = data_dir / "generated" / f"tokenizer-bpe{cfg.vocab_size}-{cfg.chat_template}-{key}"
     return load_or_train_tokenizer(cfg.tokenizer, None, cfg.vocab_size, cache, chat_template=cfg.chat_template,
                                    texts=_source_texts(cfg))

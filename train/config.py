@@ -112,6 +112,9 @@ class DataConfig:
     packing: str = "auto"
     tokenizer: str | None = None
     vocab_size: int = 4096
+    # Extra jsonl files (text or chat records) the BPE is trained on besides the sources, e.g. the dialogs a
+    # from-scratch model will be fine-tuned on later, so they tokenise compactly.
+    tokenizer_texts: list[str] = field(default_factory=list)
     validation_fraction: float = 0.02
     seed: int = 0
     sources: list[SourceConfig] = field(default_factory=list)
@@ -165,6 +168,8 @@ class PathsConfig:
     runs_dir: str = "runs"
     data_dir: str = "data"
     cache_dir: str = ".cache"
+    # The generated commerce world (python -m data_pipelines.commerce_world out=...).
+    world_dir: str = "data/commerce_world"
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from train.checkpoint.checkpointer import Checkpointer, rng_state
-from train.engine.losses import moe_losses
+from train.engine.losses import moe_losses, touch_unused, vision_parameters
 from train.engine.lr_schedule import get_lr
 from train.metrics.expert_load import CollapseMonitor, ExpertLoad
 from train.metrics.logger import MetricsLogger
@@ -75,6 +75,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
     steps_this_run = 0
     window_tokens, window_t0 = 0, time.perf_counter()
     last: dict[str, Any] = {}
+    vision = vision_parameters(engine.module)
     engine.train()
     while step < s.max_steps:
         lr = get_lr(step, s.lr, s.warmup_steps, s.max_steps, s.min_lr_ratio)
@@ -87,7 +88,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
             out = engine(**inputs, output_router_logits=True, use_cache=False)
             terms = moe_losses(out.logits, mb["labels"].to(device), out.router_logits, s.num_experts, s.top_k,
                                s.aux_coef, s.z_coef)
-            engine.backward(terms.total)
+            engine.backward(terms.total + touch_unused(vision, "pixel_values" not in inputs))
             engine.step()
             values = torch.stack([terms.total, terms.lm, terms.aux, terms.z]).detach().double().cpu()
             sums[:4] += values

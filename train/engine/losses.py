@@ -47,3 +47,18 @@ def moe_losses(logits: torch.Tensor, labels: torch.Tensor, router_logits: tuple[
     aux = load_balancing_loss(router_logits, num_experts, top_k)
     z = router_z_loss(router_logits)
     return LossTerms(total=lm + aux_coef * aux + z_coef * z, lm=lm, aux=aux, z=z)
+
+
+def vision_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The vision tower's trainable parameters (empty for text-only models)."""
+    return [p for n, p in model.named_parameters() if p.requires_grad and ".visual." in f".{n}"]
+
+
+def touch_unused(params: list[torch.nn.Parameter], unused: bool) -> torch.Tensor | float:
+    """0 x the parameters that a text-only micro-batch leaves out of the graph. Every rank must produce a
+    gradient for every parameter, or ZeRO's gradient reduction sees different buffer sizes on different
+    ranks (gloo: "Received data size doesn't match expected size") when one rank's batch has images and
+    another's has none."""
+    if not (unused and params):
+        return 0.0
+    return torch.stack([p.sum() for p in params]).sum() * 0.0

@@ -13,9 +13,12 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, GenerationConfig, PretrainedConfig, PreTrainedTokenizerBase
 
+from data_pipelines.chat_render import chat_template_text
 from train.models.build import FAMILIES
-from train.models.chat_templates import CHAT_TEMPLATES
 
+# The template a family's tokenizer gets when the run's tokenizer carries none (the data pipeline's, so
+# exports render chats exactly as training did).
+FAMILY_CHAT_TEMPLATE = {"qwen3_moe": "qwen3", "qwen3_5_moe": "qwen3_5"}
 DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 _VISION_TOKENS = {
     "image_token_id": "<|image_pad|>",
@@ -40,7 +43,7 @@ def load_tokenizer(tokenizer_dir: str | Path, family: str) -> PreTrainedTokenize
     """The run's tokenizer, with the family's ChatML template when it carries none."""
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), trust_remote_code=False)
     if not getattr(tokenizer, "chat_template", None):
-        tokenizer.chat_template = CHAT_TEMPLATES[family]
+        tokenizer.chat_template = chat_template_text(FAMILY_CHAT_TEMPLATE[family])
     return tokenizer
 
 
