@@ -1,0 +1,1 @@
+"""The end-to-end demo's report folder (`python -m train.report`)."""

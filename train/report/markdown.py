@@ -1,0 +1,97 @@
+"""report.md: what ran, the headline numbers, the plots and the score table, from report.json's numbers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from train.report.numbers import format_value
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(c if isinstance(c, str) else format_value(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _seconds(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0f} s ({v / 60:.1f} min)"
+
+
+def _rate(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def _config_text(v: Any) -> str:
+    return "none" if v is None else str(v)
+
+
+def _percent(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _across(numbers: dict[str, Any], names: list[str], key: str, fmt=format_value) -> str:
+    return ", ".join(f"{name} {fmt(numbers[name].get(key))}" for name in names)
+
+
+def render(numbers: dict[str, Any], eval_names: list[str], score_rows: list[tuple[str, list[Any]]],
+           plots: dict[str, dict[str, str]], shared_plots: dict[str, str]) -> str:
+    """`plots[stage]` names each stage's figures (`loss`, `expert_load` where logged); `shared_plots` holds
+    `throughput` and `score_table` where drawn."""
+    stages = numbers["stages"]
+    out = ["# Run report", ""]
+
+    out += ["## Headline", ""]
+    if eval_names:
+        out.append(f"- Task success on held-out scenarios: {_across(numbers, eval_names, 'task_success', _percent)}")
+        out.append(f"- Orders placed without user confirmation: {_across(numbers, eval_names, 'unconfirmed_orders')}")
+        out.append(f"- Invalid tool-call rate: {_across(numbers, eval_names, 'invalid_tool_call_rate', _percent)}")
+        for name in eval_names:
+            e = numbers[name]
+            out.append(f"- Image questions ({name}): {_percent(e['image_qa_acc_with_image'])} with the image, "
+                       f"{_percent(e['image_qa_acc_without_image'])} with it blanked")
+    for name, s in stages.items():
+        out.append(f"- Stage `{name}`: {s['steps']} steps, final loss {format_value(s['final_loss'])}, "
+                   f"{_rate(s['tokens_per_s'])} tokens/s, MFU {_percent(s['mfu'])}, "
+                   f"wall {_seconds(s['wall_s'])}")
+    out += [f"- Total wall time: {_seconds(numbers['total_wall_s'])}", ""]
+
+    out += ["## What ran", ""]
+    out += _table(["stage", "run dir", "steps", "resumes", "wall time", "tokens/s", "MFU", "first loss",
+                   "final loss", "dead experts (end)"],
+                  [[f"`{n}`", f"`{s['run_dir']}`", s["steps"], s["resumes"], _seconds(s["wall_s"]),
+                    _rate(s["tokens_per_s"]), _percent(s["mfu"]), s["first_loss"], s["final_loss"],
+                    s["dead_experts_final"]] for n, s in stages.items()])
+    out += ["", "tokens/s and MFU are means over the logged steps, without the first window of each process "
+            "start (it includes start-up).", ""]
+    config_keys = list(dict.fromkeys(k for s in stages.values() for k in s["config"]))
+    if config_keys:
+        out += ["Key configuration (from each run's `config.json`):", ""]
+        out += _table(["key"] + [f"`{n}`" for n in stages],
+                      [[f"`{k}`"] + [_config_text(s["config"][k]) if k in s["config"] else "n/a" for s in stages.values()]
+                       for k in config_keys])
+        out.append("")
+    if numbers["timings"]:
+        out += ["Wall time per step of the pipeline:", ""]
+        out += _table(["step", "wall time"], [[k, _seconds(v)] for k, v in numbers["timings"].items()])
+        out.append("")
+
+    out += ["## Training curves", ""]
+    for name, figs in plots.items():
+        out += [f"### `{name}`", "", f"![{name} loss]({figs['loss']})", ""]
+        if "expert_load" in figs:
+            out += [f"![{name} expert load]({figs['expert_load']})", ""]
+        else:
+            out += ["Expert load: n/a (the run logged no per-layer loads).", ""]
+    if "throughput" in shared_plots:
+        out += ["### Throughput", "", f"![tokens/s and MFU]({shared_plots['throughput']})", ""]
+
+    out += ["## Evaluation", ""]
+    if eval_names:
+        out += [f"- `{n}`: model `{numbers[n]['model_path'] or 'n/a'}`, {format_value(numbers[n]['episodes'])} "
+                f"episodes, {_seconds(numbers[n]['wall_s'])}" for n in eval_names]
+        out.append("")
+        out += _table(["metric"] + eval_names, [[k] + values for k, values in score_rows])
+        out += ["", f"![score table]({shared_plots['score_table']})", ""]
+    else:
+        out += ["No evaluation results were given.", ""]
+    return "\n".join(out)
