@@ -51,8 +51,8 @@ def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, wa
 
     cfg = _compose([*overrides, f"trainer.micro_batch_size={micro_batch}", f"data.seq_len={seq_len}"])
     hf_config = build_hf_config(cfg.model, vocab_size=None if "vocab_size" in str(cfg.model.hf_config) else 4096)
-    model = build_model(cfg.model, hf_config, resolve_dtype(cfg.trainer.precision), seed=0)
-    model.to(dist_info.device)
+    with torch.device(dist_info.device):  # initialise on the device: a 5B-parameter CPU init takes minutes
+        model = build_model(cfg.model, hf_config, resolve_dtype(cfg.trainer.precision), seed=0)
     engine = build_engine(cfg, model)
     text = hf_config.get_text_config()
     g = torch.Generator().manual_seed(dist_info.rank)

@@ -40,7 +40,6 @@ def deepspeed_config(cfg: PretrainConfig, model: nn.Module, load_universal: bool
     pattern = autoep_shims.moe_layer_pattern(model)
     if pattern is not None:
         expert_parallel["moe_layer_pattern"] = pattern
-    on_cpu = not torch.cuda.is_available()
     return {
         "train_micro_batch_size_per_gpu": cfg.trainer.micro_batch_size,
         "gradient_accumulation_steps": cfg.trainer.grad_accum_steps,
@@ -54,7 +53,9 @@ def deepspeed_config(cfg: PretrainConfig, model: nn.Module, load_universal: bool
                 "betas": [cfg.optim.beta1, cfg.optim.beta2],
                 "eps": cfg.optim.eps,
                 "weight_decay": cfg.optim.weight_decay,
-                "torch_adam": on_cpu,
+                # torch's (foreach) AdamW: no JIT-compiled FusedAdam op on GPU nodes, no oneCCL Adam on CPU.
+                # Optimizer offload needs DeepSpeed's CPU Adam instead.
+                "torch_adam": not cfg.deepspeed.offload_optimizer,
             },
         },
         "bf16": {"enabled": resolve_dtype(cfg.trainer.precision) == torch.bfloat16},
