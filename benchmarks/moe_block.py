@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 GRIDS = {
     "cpu": [(128, 64, 64, 8, 2048), (256, 128, 128, 8, 2048), (512, 256, 128, 8, 1024), (1024, 512, 64, 4, 2048)],
-    "gpu": [(2048, 768, 128, 8, 16384), (4096, 1024, 512, 10, 8192), (2048, 512, 256, 8, 16384),
+    "gpu": [(2048, 768, 128, 8, 16384), (4096, 1024, 128, 10, 8192), (2048, 512, 256, 8, 16384),
             (1024, 512, 64, 4, 32768)],
 }
 
@@ -69,7 +69,8 @@ def _hf_block(cfg, impl: str, dtype: torch.dtype, device: str) -> nn.Module:
 
     cfg = copy.deepcopy(cfg)
     cfg._experts_implementation = impl
-    return Qwen3MoeSparseMoeBlock(cfg).to(device=device, dtype=dtype)
+    with torch.device(device):
+        return Qwen3MoeSparseMoeBlock(cfg).to(dtype=dtype)
 
 
 def _autoep_block(cfg, hf_block: nn.Module, dtype: torch.dtype, device: str) -> nn.Module:
@@ -80,14 +81,15 @@ def _autoep_block(cfg, hf_block: nn.Module, dtype: torch.dtype, device: str) -> 
     from train.models.autoep_shims import patch_output_capture_registry
 
     patch_output_capture_registry()
-    model = Qwen3MoeForCausalLM(cfg).to(device=device, dtype=dtype)
+    with torch.device(device):
+        model = Qwen3MoeForCausalLM._from_config(cfg, dtype=dtype)
     model.model.layers[0].mlp.load_state_dict(hf_block.state_dict())
+    # No optimizer and no DeepSpeed precision wrapper: only the replaced layer is timed, in the model's dtype.
     ds_config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 0},
-                 "bf16": {"enabled": dtype == torch.bfloat16},
                  "expert_parallel": {"enabled": True, "autoep_size": 1, "preset_model": "qwen3_moe",
                                      "use_grouped_mm": True}}
     engine, *_ = deepspeed.initialize(model=model, config=ds_config)
-    return engine.module.model.layers[0].mlp
+    return engine.module.model.layers[0].mlp.to(dtype)
 
 
 def _ds_native(h: int, i: int, e: int, k: int, dtype: torch.dtype, device: str) -> nn.Module:
