@@ -35,16 +35,33 @@ def fla_available() -> bool:
         return False
 
 
+def causal_conv1d_available() -> bool:
+    """The causal-conv1d CUDA kernel, which takes the document boundaries of a packed row."""
+    try:
+        from causal_conv1d import causal_conv1d_fn  # noqa: F401
+        return True
+    except Exception:
+        return False
+
+
+def gdn_varlen_available() -> bool:
+    """Both GDN kernels that respect document boundaries. fla alone is not enough: measured on an H200 (fla 0.6,
+    transformers 5.24), the torch fallback of the short convolution in front of the delta rule leaks across
+    documents (max |logit diff| 0.54 against per-document passes; tests/data_pipelines/test_varlen_gpu.py)."""
+    return fla_available() and causal_conv1d_available()
+
+
 def resolve_packing_mode(requested: str, hf_config, varlen_available: bool | None = None) -> str:
     """`auto` packs; with Gated DeltaNet layers only through varlen kernels (fla), else one document per row."""
     gdn = has_linear_attention(hf_config)
     if varlen_available is None:
-        varlen_available = gdn and fla_available()
+        varlen_available = gdn and gdn_varlen_available()
     if requested == "packed" and gdn:
         raise ValueError("data.packing=packed with Gated DeltaNet layers would leak state across documents; "
                          "use data.packing=auto, varlen (needs flash-linear-attention on GPU) or per_document")
     if requested == "varlen" and gdn and not varlen_available:
-        raise ValueError("data.packing=varlen needs flash-linear-attention on a CUDA device (not importable here); "
+        raise ValueError("data.packing=varlen needs flash-linear-attention and causal-conv1d on a CUDA device (not "
+                         "importable here; without causal-conv1d the convolution leaks across documents); "
                          "use data.packing=auto or per_document")
     if requested != "auto":
         return "packed" if requested == "varlen" and not gdn else requested
