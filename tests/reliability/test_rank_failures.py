@@ -61,6 +61,7 @@ def runs(tmp_path_factory, shared_data):
     out["A"] = _timed_run(chain, EP2, shared_data, {"MOE_FAULT_INJECT": "kill_in_save@4:0"})
     out["A_ckpts"] = sorted(p.name for p in (chain / "checkpoints").glob("step_*"))
     out["A_complete"] = sorted(p.parent.name for p in (chain / "checkpoints").glob("step_*/COMPLETE"))
+    out["A_partial_bytes"] = sum(f.stat().st_size for f in (chain / "checkpoints" / "step_00000004").iterdir())
     out["B"] = _timed_run(chain, EP2, shared_data, {"MOE_FAULT_INJECT": "sigkill@6:1"})
     out["B_complete"] = sorted(p.parent.name for p in (chain / "checkpoints").glob("step_*/COMPLETE"))
     out["C"] = run_pretrain(chain, 2, EP2, shared_data)
@@ -95,7 +96,8 @@ def test_kill_inside_save_leaves_no_complete_marker_and_ends_the_job(runs):
     assert a.proc.returncode != 0
     assert "SIGKILL inside Checkpointer.save at step 4 on rank 0" in a.output
     assert runs["A_ckpts"] == ["step_00000002", "step_00000004"] and runs["A_complete"] == ["step_00000002"]
-    print(f"A: job ended {a.exit_after_fault_s:.1f} s after rank 0 was killed inside the save")
+    print(f"A: job ended {a.exit_after_fault_s:.1f} s after rank 0 was killed inside the save; the partial "
+          f"step_00000004 holds {runs['A_partial_bytes']} bytes (unusable), steps lost: 3-4 (resume from 2)")
     assert a.exit_after_fault_s is not None and a.exit_after_fault_s < EXIT_BOUND_S
 
 
@@ -113,7 +115,8 @@ def test_kill_minus_9_mid_step_ends_the_job_in_bounded_time(runs):
     b = runs["B"]
     assert b.proc.returncode != 0
     assert "SIGKILL mid-step at step 6 on rank 1" in b.output
-    print(f"B: job ended {b.exit_after_fault_s:.1f} s after rank 1 was SIGKILLed mid-step")
+    print(f"B: job ended {b.exit_after_fault_s:.1f} s after rank 1 was SIGKILLed mid-step 6; steps lost: 5 and the "
+          f"partial 6 (resume from 4)")
     assert b.exit_after_fault_s is not None and b.exit_after_fault_s < EXIT_BOUND_S
     assert runs["B_complete"] == ["step_00000002", "step_00000004"]  # B rewrote step 4 completely
 
