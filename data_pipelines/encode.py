@@ -86,7 +86,7 @@ class Encoder:
             raise ValueError("image sources need an ImageSpec")
         if not isinstance(ref, str):
             raise BadRecord(origin, "missing image", f"image reference {ref!r} is not a path")
-        path = resolve_image_path(ref, self._image_dir(origin))
+        path = resolve_image_path(ref, self._image_dir(origin), origin, self.spec.image_root)
         h, w = image_size(path, self.spec.image, origin)
         return path, list(grid_thw(h, w, self.spec.image))
 

@@ -37,8 +37,16 @@ class ImageSpec:
             size={"shortest_edge": self.min_pixels, "longest_edge": self.max_pixels})
 
 
-def resolve_image_path(value: str, base_dir: str) -> str:
-    return value if os.path.isabs(value) else os.path.join(base_dir, value)
+def resolve_image_path(value: str, base_dir: str, origin: str, root: str | None = None) -> str:
+    """`value` relative to `base_dir`. With a declared root (`image_root`) the file, `..` and symlinks resolved,
+    must lie inside it: a record cannot make the loader read files elsewhere."""
+    path = value if os.path.isabs(value) else os.path.join(base_dir, value)
+    if root is not None:
+        real, real_root = os.path.realpath(path), os.path.realpath(root)
+        if os.path.commonpath([real, real_root]) != real_root:
+            raise BadRecord(origin, "image path escapes image_root", f"{value!r} resolves to {real}, outside "
+                            f"image_root={real_root}")
+    return path
 
 
 def image_size(path: str, spec: ImageSpec, origin: str) -> tuple[int, int]:

@@ -4,7 +4,8 @@ Every optimizer step consumes one global batch of `micro_batch * grad_accum * dp
 per-epoch permutation. Micro-batch `a` of rank `r` takes slot `a * dp_size + r` of that batch, so a run on
 one process with `grad_accum = k` sees exactly the rows that `k` processes see with `grad_accum = 1`.
 The position is a plain dict (epoch, step) saved in every checkpoint. Rows become model inputs + labels
-through a `Collator` (data_pipelines/collate.py).
+through a `Collator` (data_pipelines/collate.py); each micro-batch also carries `rows`, the indices of its rows
+in the training set, so a bad step can name its samples.
 
 `StreamingBatches` does the same for streams (datasets IterableDatasets, nothing cached): every global rank
 reads its own shard, packs on the fly, and its position (the stream's `state_dict` plus the samples of the
@@ -58,8 +59,9 @@ class ResumableBatches:
         for a in range(self.grad_accum):
             start = base + (a * self.dp_size + self.dp_rank) * self.micro_batch
             idx = self._perm[start:start + self.micro_batch].tolist()
-            batch = self.rows[idx]
-            micro.append(self.collate(batch))
+            batch = self.collate(self.rows[idx])
+            batch["rows"] = idx  # which rows of the training set, named when a step goes non-finite
+            micro.append(batch)
         self.step += 1
         return micro
 

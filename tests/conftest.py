@@ -59,14 +59,15 @@ class RunResult:
 
 
 def run_pretrain(run_dir: Path, nproc: int, overrides: list[str], shared: dict[str, str],
-                 module: str = "train.pretrain", timeout: int = 900, check: bool = True) -> RunResult:
-    """`torchrun --nproc_per_node N -m train.pretrain ...` exactly as a user runs it."""
+                 module: str = "train.pretrain", timeout: int = 900, check: bool = True,
+                 env: dict[str, str] | None = None) -> RunResult:
+    """`torchrun --nproc_per_node N -m train.pretrain ...` exactly as a user runs it (`env`: extra variables)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            f"--master_port={_free_port()}", "-m", module, *overrides,
            f"paths.data_dir={shared['data']}", f"paths.cache_dir={shared['cache']}",
            f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
     result = RunResult(proc, run_dir)
     if check and proc.returncode != 0:
         raise AssertionError(f"run failed ({proc.returncode}):\n{result.output[-6000:]}")

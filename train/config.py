@@ -160,6 +160,10 @@ class TrainerConfig:
     peak_tflops_per_device: float | None = None
     # Stop after this many steps in this process (tests and preemption drills); null runs to max_steps.
     stop_after_steps: int | None = None
+    # A step with NaN/Inf loss or gradients: stop (naming the batch's rows), or skip it (no update applied) up to
+    # max_nonfinite_skips times in this process, then stop.
+    nonfinite: str = "stop"
+    max_nonfinite_skips: int = 0
 
 
 @dataclass
@@ -247,6 +251,12 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
     _choice("data.on_error", cfg.data.on_error, ("raise", "skip"))
     _choice("data.chat_template", cfg.data.chat_template, ("qwen3_5", "qwen3_5_nothink", "qwen3"))
     _choice("data.overlong", cfg.data.overlong, ("split", "error"))
+    _choice("trainer.nonfinite", cfg.trainer.nonfinite, ("stop", "skip"))
+    if cfg.trainer.max_nonfinite_skips < 0:
+        raise ValueError(f"trainer.max_nonfinite_skips={cfg.trainer.max_nonfinite_skips} must be >= 0")
+    if cfg.run_name in ("", ".", "..") or "/" in cfg.run_name or os.sep in cfg.run_name:
+        raise ValueError(f"run_name={cfg.run_name!r} must be a plain folder name: runs go to "
+                         f"{cfg.paths.runs_dir}/<run_name> and may not escape it")
     _validate_sources(cfg.data)
     if cfg.model.trust_remote_code:
         raise ValueError("model.trust_remote_code=true is refused: the model classes are transformers' own")

@@ -20,6 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from train.config import PretrainConfig, register_configs, to_container, validate
+from train.redaction import install_log_redaction, redact_config
 
 log = logging.getLogger("train.pretrain")
 register_configs()
@@ -55,9 +56,10 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
 
     run_dir = Path(run_dir)
     dist_info = init_distributed(cfg.parallel.backend, cfg.parallel.timeout_s)
+    install_log_redaction()  # after deepspeed's import, so its handlers are covered too
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(to_container(cfg), indent=2))
+        (run_dir / "config.json").write_text(json.dumps(redact_config(to_container(cfg)), indent=2))
 
     data = prepare_data(cfg.data, probe, Path(cfg.paths.data_dir), Path(cfg.paths.cache_dir),
                         dist_info.is_main, barrier, dist_info.rank, dist_info.world_size)
@@ -97,7 +99,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
             log.info("resumed from %s at step %d", plan.tag, start_step)
 
     metrics = MetricsLogger(run_dir, dist_info.is_main, cfg.logger.wandb_mode, cfg.logger.project,
-                            cfg.logger.entity, cfg.run_name, to_container(cfg), wandb_id,
+                            cfg.logger.entity, cfg.run_name, redact_config(to_container(cfg)), wandb_id,
                             cfg.trainer.max_steps, cfg.logger.progress)
     text = hf_config.get_text_config()
     settings = LoopSettings(
@@ -107,6 +109,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         aux_coef=cfg.loss.aux_coef, z_coef=cfg.loss.z_coef, num_experts=text.num_experts,
         top_k=text.num_experts_per_tok, flops_per_token=flops_per_token(hf_config, cfg.data.seq_len),
         peak_tflops=device_peak_tflops(cfg.trainer.peak_tflops_per_device),
+        nonfinite=cfg.trainer.nonfinite, max_nonfinite_skips=cfg.trainer.max_nonfinite_skips,
         meta={"topology": topology.as_dict(), "family": cfg.model.family},
     )
     expert_load = ExpertLoad(text.num_hidden_layers, text.num_experts, text.num_experts_per_tok)

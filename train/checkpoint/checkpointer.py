@@ -3,7 +3,9 @@
 Layout: `<run>/checkpoints/step_00000100/` holds DeepSpeed's files, `trainer_state_rank<r>.pt` per rank
 (RNG), `manifest.json` (sha256 per file), `meta.json` (step, data position, wandb id, topology) and, last,
 the `COMPLETE` marker. A folder without the marker is never resumed from; one whose files do not match
-its manifest is reported by file name and the previous checkpoint is used instead. Resuming with another EP size or world size would silently
+its manifest is reported by file name and the previous checkpoint is used instead. A save refuses non-finite
+weights, and a failed write (a full disk) raises naming the folder and removes the partial one; older
+checkpoints are rotated only after the new one is complete. Resuming with another EP size or world size would silently
 corrupt a normal checkpoint's optimizer state (CONTEXT.md §3), so it goes through DeepSpeed's universal
 checkpoint conversion instead; that is chosen before the engine is built (`load_universal`).
 """
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from train.checkpoint.manifest import MANIFEST, build_manifest, verify_manifest, write_manifest
+from train.engine import fault_injection
 from train.engine.distributed import barrier
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,28 @@ log = logging.getLogger(__name__)
 COMPLETE = "COMPLETE"
 META = "meta.json"
 _STEP_DIR = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, quota, I/O error); the partial folder is removed."""
+
+
+def _all_ranks_ok(ok: bool) -> bool:
+    """Collective: True when every rank reports ok (so all ranks raise together instead of one waiting forever)."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([0.0 if ok else 1.0])
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag)
+    return flag.item() == 0
+
+
+def first_nonfinite_param(module: torch.nn.Module) -> str | None:
+    """The name of the first parameter (this rank's share) holding NaN/Inf; one reduction per tensor."""
+    for name, p in module.named_parameters():
+        if p.numel() and not torch.isfinite(p.detach()).all():
+            return name
+    return None
 
 
 def tag_for(step: int) -> str:
@@ -157,20 +182,47 @@ class Checkpointer:
         """Collective: every rank calls it. The COMPLETE marker is written only after all ranks finished."""
         tag = tag_for(step)
         path = self.dir / tag
+        bad = first_nonfinite_param(engine.module)
+        if not _all_ranks_ok(bad is None):
+            raise FloatingPointError(f"refusing to write {path}: non-finite weights"
+                                     + (f" ({bad} on rank {self.rank})" if bad else " on another rank"))
         if self.rank == 0 and path.exists():
             shutil.rmtree(path)
         barrier()
-        engine.save_checkpoint(str(self.dir), tag=tag, client_state={"step": step}, save_latest=False)
-        torch.save(rank_state, path / f"trainer_state_rank{self.rank}.pt")
-        barrier()
+        error = None
+        try:
+            engine.save_checkpoint(str(self.dir), tag=tag, client_state={"step": step}, save_latest=False)
+            torch.save(rank_state, path / f"trainer_state_rank{self.rank}.pt")
+        except (OSError, RuntimeError) as e:  # torch.save reports ENOSPC as RuntimeError (PytorchStreamWriter)
+            error = e
+        fault_injection.inside_save(step)
+        if not _all_ranks_ok(error is None):
+            self._fail(path, error)
         manifest = build_manifest(path, exclude={MANIFEST, META, COMPLETE})
         if self.rank == 0:
-            write_manifest(path, manifest)
-            (path / META).write_text(json.dumps({"step": step, **meta}, indent=2))
-            (path / COMPLETE).write_text("ok\n")
+            try:
+                write_manifest(path, manifest)
+                (path / META).write_text(json.dumps({"step": step, **meta}, indent=2))
+                (path / COMPLETE).write_text("ok\n")
+            except OSError as e:
+                error = e
+        if not _all_ranks_ok(error is None):
+            self._fail(path, error)
+        if self.rank == 0:
             self._rotate()
         barrier()
         return path
+
+    def _fail(self, path: Path, error: BaseException | None) -> None:
+        free = shutil.disk_usage(self.dir).free if self.dir.exists() else 0
+        if self.rank == 0:
+            shutil.rmtree(path, ignore_errors=True)
+        barrier()
+        cause = f"{type(error).__name__}: {error}" if error else "a write failed on another rank"
+        full = " (the disk is full)" if free < 2**20 else ""
+        raise CheckpointWriteError(f"could not write checkpoint {path} ({cause}); {free / 2**20:.1f} MiB free on that "
+                                   f"file system{full}; the partial folder was removed, earlier checkpoints are "
+                                   "untouched")
 
     def _rotate(self) -> None:
         tags = self.complete_tags()

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from train.engine import subgroup_timeout_shim
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -78,6 +80,7 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    subgroup_timeout_shim.apply(datetime.timedelta(seconds=timeout_s))  # AutoEP's groups honour timeout_s too
     device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 

@@ -17,8 +17,10 @@ import torch
 import torch.distributed as dist
 
 from train.checkpoint.checkpointer import Checkpointer, rng_state
+from train.engine import fault_injection
 from train.engine.losses import moe_losses, touch_unused, vision_parameters
 from train.engine.lr_schedule import get_lr
+from train.engine.nonfinite import NonFinitePolicy
 from train.metrics.expert_load import CollapseMonitor, ExpertLoad
 from train.metrics.logger import MetricsLogger
 
@@ -40,6 +42,8 @@ class LoopSettings:
     top_k: int
     flops_per_token: float
     peak_tflops: float
+    nonfinite: str = "stop"
+    max_nonfinite_skips: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,6 +74,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
     """Run from `start_step` to `max_steps` (or until stopped); returns the last logged metrics."""
     s = settings
     stop = StopRequest()
+    nonfinite = NonFinitePolicy(s.nonfinite, s.max_nonfinite_skips)
     world = dist.get_world_size() if dist.is_initialized() else 1
     step = start_step
     steps_this_run = 0
@@ -83,27 +88,34 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
             group["lr"] = lr
         sums = torch.zeros(5, dtype=torch.float64)  # total, lm, aux, z, non-finite count
         micro_batches = batches.next_step()
+        bad_rows: list[int] = []  # packed-row indices of micro-batches with a non-finite loss
         for mb in micro_batches:  # {"inputs": model kwargs (ids, positions, images), "labels": ...}
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in mb["inputs"].items()}
             out = engine(**inputs, output_router_logits=True, use_cache=False)
             terms = moe_losses(out.logits, mb["labels"].to(device), out.router_logits, s.num_experts, s.top_k,
                                s.aux_coef, s.z_coef)
-            engine.backward(terms.total + touch_unused(vision, "pixel_values" not in inputs))
+            total = fault_injection.poison_loss(terms.total, step + 1)
+            fault_injection.after_forward(step + 1)
+            engine.backward(total + touch_unused(vision, "pixel_values" not in inputs))
             engine.step()
-            values = torch.stack([terms.total, terms.lm, terms.aux, terms.z]).detach().double().cpu()
+            values = torch.stack([total, terms.lm, terms.aux, terms.z]).detach().double().cpu()
             sums[:4] += values
-            sums[4] += float(not torch.isfinite(values).all())
+            if not torch.isfinite(values).all():
+                sums[4] += 1
+                bad_rows += mb.get("rows", [])
             expert_load.update(out.router_logits)
             window_tokens += mb["labels"].numel()
         step += 1
         steps_this_run += 1
-        flags = torch.tensor([sums[4].item(), float(stop.requested)], dtype=torch.float64)
+        flags = torch.tensor([sums[4].item(), float(stop.requested), float(not engine.was_step_applied())],
+                             dtype=torch.float64)
         reduced = torch.cat([sums[:4], flags]).to(device)
         if world > 1:
             dist.all_reduce(reduced)
         reduced = reduced.cpu()
-        if reduced[4] > 0:
-            raise FloatingPointError(f"non-finite loss at step {step}: nothing from this step is saved")
+        if reduced[4] > 0 or reduced[6] > 0:  # NaN/Inf loss or gradients on some rank: skip or stop (policy)
+            rows = bad_rows if reduced[4] > 0 else [r for mb in micro_batches for r in mb.get("rows", [])]
+            nonfinite.handle(step, int(reduced[4]), applied=bool(reduced[6] == 0), rows=rows)
         mean = reduced[:4] / (world * len(micro_batches))
         if step % s.log_every == 0 or step == s.max_steps:
             elapsed = time.perf_counter() - window_t0
@@ -116,7 +128,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
                 "tokens_per_s": tokens_per_s,
                 "tflops_per_device": tokens_per_s / world * s.flops_per_token / 1e12,
                 "peak_memory_gib": _peak_memory_gib(device),
-                "steps_this_run": steps_this_run,
+                "steps_this_run": steps_this_run, "nonfinite_skips": nonfinite.skipped,
             }
             last["mfu"] = last["tflops_per_device"] / s.peak_tflops
             last.update(expert_load.reduce_and_reset(device))
