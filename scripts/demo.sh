@@ -16,6 +16,8 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/.cache/torch_extensions
 export WANDB_SILENT=true
 export MOE_ROOT=${MOE_ROOT:-$PWD}
 NPROC=${NPROC:-2}
+# Held-out scenarios and image questions evaluated per model; all of them: EVAL_ARGS="eval.limit=null".
+EVAL_ARGS=${EVAL_ARGS:-eval.limit=50 eval.image_qa_limit=120}
 PY=.venv/bin/python
 RUN="$PY -m torch.distributed.run --nproc_per_node $NPROC --master_port ${MASTER_PORT:-29511}"
 WORLD=$MOE_ROOT/data/commerce_world
@@ -61,9 +63,9 @@ stage sft $RUN -m train.sft experiment=sft_commerce_tiny parallel.ep_size="$NPRO
 stage export_sft $RUN -m train.export checkpoint="$(latest_checkpoint sft_commerce_tiny)" \
   out="$EXPORTS/sft" verify=true export.dtype=float32 export.overwrite=true
 stage eval_baseline $RUN -m train.evaluate model_path="$EXPORTS/pretrain" eval.world_dir="$WORLD" \
-  out="$RUNS/eval_baseline.json" ${EVAL_ARGS:-}
+  out="$RUNS/eval_baseline.json" $EVAL_ARGS
 stage eval_sft $RUN -m train.evaluate model_path="$EXPORTS/sft" eval.world_dir="$WORLD" \
-  out="$RUNS/eval_sft.json" ${EVAL_ARGS:-}
+  out="$RUNS/eval_sft.json" $EVAL_ARGS
 }
 $PY -m train.report --out "$REPORT" --stage pretrain="$RUNS/pretrain_commerce_tiny" \
   --stage sft="$RUNS/sft_commerce_tiny" --eval baseline="$RUNS/eval_baseline.json" --eval eval="$RUNS/eval_sft.json" \
