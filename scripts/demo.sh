@@ -6,7 +6,8 @@
 #
 #   scripts/demo.sh                          # everything, ~30 minutes on 2 cores
 #   NPROC=1 scripts/demo.sh                  # one process (EP=1)
-#   PRETRAIN_ARGS="trainer.max_steps=20" SFT_ARGS="trainer.max_steps=20" EVAL_ARGS="eval.limit=5" scripts/demo.sh
+#   WORLD_ARGS="train_dialogs=200" PRETRAIN_ARGS="trainer.max_steps=20" SFT_ARGS="trainer.max_steps=20" \
+#     EVAL_ARGS="eval.limit=5" scripts/demo.sh                    # a smaller run (tests/test_demo.py)
 #
 # Every stage resumes or is skipped when its output is already there; MOE_ROOT moves all outputs.
 set -euo pipefail
@@ -54,7 +55,7 @@ latest_checkpoint() {  # the newest complete checkpoint of a run
 
 # shellcheck disable=SC2086
 {
-stage world $PY -m data_pipelines.commerce_world out="$WORLD" seed=0
+stage world $PY -m data_pipelines.commerce_world out="$WORLD" seed=0 ${WORLD_ARGS:-}
 stage pretrain $RUN -m train.pretrain experiment=pretrain_commerce_tiny parallel.ep_size="$NPROC" ${PRETRAIN_ARGS:-}
 stage export_pretrain $RUN -m train.export checkpoint="$(latest_checkpoint pretrain_commerce_tiny)" \
   out="$EXPORTS/pretrain" verify=true export.dtype=float32 export.overwrite=true

@@ -1,0 +1,60 @@
+"""The README's main command end to end at a small size: world -> pretrain (EP=2) -> export -> SFT (EP=2) ->
+export -> evaluate both -> report. Also the short 2-process SFT run whose loss must fall."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "SKIP_SETUP": "1", "MOE_ROOT": str(root), "NPROC": "2", "MASTER_PORT": "29631",
+           "WORLD_ARGS": "train_dialogs=160 validation_dialogs=20 test_scenarios=6",
+           "PRETRAIN_ARGS": "trainer.max_steps=6 trainer.checkpoint_every=6 logger.log_every=1",
+           "SFT_ARGS": "trainer.max_steps=8 trainer.checkpoint_every=8 logger.log_every=1 optim.warmup_steps=2",
+           "EVAL_ARGS": "eval.limit=3 eval.image_qa_limit=4 eval.max_assistant_turns=2 eval.max_new_tokens=12"}
+    proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=1500)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return root, proc.stdout + proc.stderr
+
+
+def test_report_has_the_promised_numbers(demo):
+    root, _ = demo
+    report = json.loads((root / "report" / "report.json").read_text())
+    for prefix in ("eval", "baseline"):
+        for key in ("task_success", "unconfirmed_orders", "invalid_tool_call_rate", "image_qa_acc_with_image",
+                    "image_qa_acc_without_image"):
+            assert report[prefix][key] is not None, (prefix, key)
+    for stage in ("pretrain", "sft"):
+        assert report["stages"][stage]["tokens_per_s"] > 0 and report["stages"][stage]["wall_s"] > 0
+    md = (root / "report" / "report.md").read_text()
+    pngs = sorted(p.name for p in (root / "report").glob("*.png"))
+    assert pngs and all(name in md for name in pngs)
+
+
+def test_exports_verified_and_carry_the_chat_template(demo):
+    root, output = demo
+    assert output.count("verify: max |logit difference|") == 2
+    for name in ("pretrain", "sft"):
+        folder = root / "exports" / name
+        assert (folder / "config.json").exists() and (folder / "preprocessor_config.json").exists()
+        assert "im_start" in (folder / "chat_template.jinja").read_text()
+
+
+def test_sft_on_two_processes_with_ep2_lowers_the_loss(demo):
+    root, _ = demo
+    rows = [json.loads(x) for x in (root / "runs" / "sft_commerce_tiny" / "metrics.jsonl").read_text().splitlines()]
+    config = json.loads((root / "runs" / "sft_commerce_tiny" / "config.json").read_text())
+    assert config["parallel"]["ep_size"] == 2 and config["data"]["kind"] == "sft"
+    losses = [r["lm_loss"] for r in rows]
+    assert len(losses) == 8 and losses[-1] < losses[0] - 0.5, losses
