@@ -18,6 +18,30 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+# Set by an in-process process group (tests that build a DeepSpeed engine in the pytest process). A child
+# process must never inherit them: srun-started tasks would take RANK=0/WORLD_SIZE=1 as given, and a
+# child would try to bind the parent's MASTER_PORT.
+DIST_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE",
+            "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a job a test launches: this process's, minus its process-group variables."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def world_of_one():
+    """A process group of one in the pytest process (DeepSpeed reads its variables from os.environ, so they
+    stay set: every launcher in the tests builds its child's environment with `subprocess_env`)."""
+    from train.engine.distributed import configure_accelerator_env, init_distributed
+
+    configure_accelerator_env(str(ROOT / ".cache"))
+    return init_distributed("gloo")
+
+
 def compose(overrides: list[str], config_name: str = "pretrain"):
     """The config a user gets from the CLI with these overrides (Hydra's compose API)."""
     from hydra import compose as hydra_compose
@@ -66,7 +90,7 @@ def run_pretrain(run_dir: Path, nproc: int, overrides: list[str], shared: dict[s
            f"--master_port={_free_port()}", "-m", module, *overrides,
            f"paths.data_dir={shared['data']}", f"paths.cache_dir={shared['cache']}",
            f"hydra.run.dir={run_dir}"]
-    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = subprocess_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(env or {}))
     proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
     result = RunResult(proc, run_dir)
     if check and proc.returncode != 0:

@@ -23,9 +23,22 @@ def test_every_group_option_composes(group):
         assert cfg[group] is not None
 
 
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory) -> str:
+    """The commerce-world files the demo experiments read, at a small size."""
+    out = tmp_path_factory.mktemp("world") / "commerce_world"
+    subprocess.run([sys.executable, "-m", "data_pipelines.commerce_world", f"out={out}", "train_dialogs=20",
+                    "validation_dialogs=5", "test_scenarios=3"], cwd=ROOT, check=True, capture_output=True)
+    return str(out)
+
+
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml")))
-def test_every_experiment_composes_and_validates(experiment):
-    cfg = compose([f"experiment={experiment}"])
+def test_every_experiment_composes_and_validates(experiment, small_world, tmp_path):
+    overrides = [f"experiment={experiment}", f"paths.world_dir={small_world}"]
+    if experiment.startswith("sft"):  # fine-tuning starts from a model folder: its config.json is enough here
+        build_hf_config(compose(["model=qwen3_5_moe_tiny"]).model, vocab_size=512).save_pretrained(tmp_path)
+        overrides.append(f"model.init_from={tmp_path}")
+    cfg = compose(overrides)
     validate(cfg, world_size=2)
     build_hf_config(cfg.model)
 

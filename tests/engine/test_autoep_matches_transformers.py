@@ -27,11 +27,8 @@ TINY_QWEN3 = ["experiment=ci_tiny", "+model.hf_config.vocab_size=256"]
 
 
 @pytest.fixture(scope="module", autouse=True)
-def world_of_one():
-    from train.engine.distributed import configure_accelerator_env, init_distributed
-
-    configure_accelerator_env(".cache")
-    init_distributed("gloo")
+def _world(world_of_one):
+    return world_of_one
 
 
 @pytest.mark.parametrize("overrides", [TINY_QWEN3, TINY_QWEN3_5], ids=["qwen3_moe", "qwen3_5_moe"])

@@ -31,10 +31,17 @@ FAMILY_OVERRIDES = {"qwen3_moe": QWEN3, "qwen3_5_moe": QWEN3_5}
 
 
 def random_model(family: str, seed: int = 7):
+    from data_pipelines.tokenizer import QWEN_SPECIAL_TOKENS, VISION_TOKEN_FIELDS
     from train.models.build import build_hf_config, build_model
 
     cfg = compose(FAMILY_OVERRIDES[family])
-    model = build_model(cfg.model, build_hf_config(cfg.model), torch.float32, seed=seed)
+    hf_config = build_hf_config(cfg.model)
+    # A released checkpoint's vision token ids match its own tokenizer; the runs here train the BPE of
+    # data_pipelines.tokenizer, whose special tokens come first in QWEN_SPECIAL_TOKENS order.
+    for field, token in VISION_TOKEN_FIELDS.items():
+        if hasattr(hf_config, field):
+            setattr(hf_config, field, QWEN_SPECIAL_TOKENS.index(token))
+    model = build_model(cfg.model, hf_config, torch.float32, seed=seed)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():

@@ -13,7 +13,6 @@ with torchrun like a user's. One module-scoped chain of EP=2 runs on 2 processes
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, _free_port, run_pretrain
+from tests.conftest import ROOT, _free_port, run_pretrain, subprocess_env
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -44,7 +43,7 @@ def _direct_ranks(run_dir, overrides, shared, env):
     port = str(_free_port())
     procs = []
     for rank in (0, 1):
-        penv = {**os.environ, **env, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+        penv = {**subprocess_env(**env), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "train.pretrain", *overrides, f"paths.data_dir={shared['data']}",
                f"paths.cache_dir={shared['cache']}", f"hydra.run.dir={run_dir}"]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, subprocess_env
 from train.redaction import RedactingFilter, redact_config, secret_values
 
 pytestmark = [pytest.mark.slow]
@@ -36,7 +36,7 @@ def _launch(run_dir: Path, shared, env):
            f"paths.cache_dir={shared['cache']}", f"hydra.run.dir={run_dir}"]
     out = open(run_dir.parent / f"{run_dir.name}.out", "w")
     err = open(run_dir.parent / f"{run_dir.name}.err", "w")
-    penv = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **env}
+    penv = subprocess_env(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **env)
     return subprocess.Popen(cmd, cwd=ROOT, env=penv, stdout=out, stderr=err), out, err
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, subprocess_env
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -55,7 +55,7 @@ def cluster() -> None:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "MOE_PYTHON": sys.executable, "PYTHONUNBUFFERED": "1"}
+    return subprocess_env(MOE_PYTHON=sys.executable, PYTHONUNBUFFERED="1")
 
 
 def _job_info(job_id: str) -> dict[str, str]:

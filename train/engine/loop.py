@@ -119,13 +119,16 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
         mean = reduced[:4] / (world * len(micro_batches))
         if step % s.log_every == 0 or step == s.max_steps:
             elapsed = time.perf_counter() - window_t0
-            tokens_per_s = window_tokens * world / elapsed
+            tokens = torch.tensor([float(window_tokens)], device=device)  # rows differ in length after trimming
+            if world > 1:
+                dist.all_reduce(tokens)
+            tokens_per_s = float(tokens) / elapsed
             grad_norm = engine.get_global_grad_norm()
             last = {
                 "loss": float(mean[0]), "lm_loss": float(mean[1]), "aux_loss": float(mean[2]),
                 "z_loss": float(mean[3]), "lr": lr,
                 "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
-                "tokens_per_s": tokens_per_s,
+                "tokens": int(tokens), "tokens_per_s": tokens_per_s,
                 "tflops_per_device": tokens_per_s / world * s.flops_per_token / 1e12,
                 "peak_memory_gib": _peak_memory_gib(device),
                 "steps_this_run": steps_this_run, "nonfinite_skips": nonfinite.skipped,
