@@ -5,6 +5,7 @@
 
 Implementations timed on the same tokens and weights:
   ours            DeepSpeed AutoEP `AutoEPMoELayer` (our training path), EP=1 in one process
+  ours_fused      the same with `parallel.gate_up_impl=fused` (gate and up projections in one grouped GEMM)
   hf_eager        transformers' Qwen3MoeSparseMoeBlock, per-expert loop
   hf_grouped_mm   the same block with `_experts_implementation="grouped_mm"`
   hf_batched_mm   the same block with `_experts_implementation="batched_mm"`
@@ -73,7 +74,7 @@ def _hf_block(cfg, impl: str, dtype: torch.dtype, device: str) -> nn.Module:
         return Qwen3MoeSparseMoeBlock(cfg).to(dtype=dtype)
 
 
-def _autoep_block(cfg, hf_block: nn.Module, dtype: torch.dtype, device: str) -> nn.Module:
+def _autoep_block(cfg, hf_block: nn.Module, dtype: torch.dtype, device: str, gate_up_impl: str = "separate") -> nn.Module:
     """Let DeepSpeed AutoEP replace the block inside a one-layer model, and take the replacement out."""
     import deepspeed
     from transformers import Qwen3MoeForCausalLM
@@ -87,7 +88,7 @@ def _autoep_block(cfg, hf_block: nn.Module, dtype: torch.dtype, device: str) -> 
     # No optimizer and no DeepSpeed precision wrapper: only the replaced layer is timed, in the model's dtype.
     ds_config = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 0},
                  "expert_parallel": {"enabled": True, "autoep_size": 1, "preset_model": "qwen3_moe",
-                                     "use_grouped_mm": True}}
+                                     "use_grouped_mm": True, "gate_up_impl": gate_up_impl}}
     engine, *_ = deepspeed.initialize(model=model, config=ds_config)
     return engine.module.model.layers[0].mlp.to(dtype)
 
@@ -128,7 +129,8 @@ def run_point(h: int, i: int, e: int, k: int, t: int, dtype: torch.dtype, device
     cfg = _config(h, i, e, k)
     x = torch.randn(1, t, h, device=device, dtype=dtype)
     eager = _hf_block(cfg, "eager", dtype, device)
-    impls: dict[str, nn.Module] = {"ours": _autoep_block(cfg, eager, dtype, device), "hf_eager": eager}
+    impls: dict[str, nn.Module] = {"ours": _autoep_block(cfg, eager, dtype, device),
+                                   "ours_fused": _autoep_block(cfg, eager, dtype, device, "fused"), "hf_eager": eager}
     for impl in ("grouped_mm", "batched_mm"):
         block = _hf_block(cfg, impl, dtype, device)
         block.load_state_dict(eager.state_dict())
@@ -172,7 +174,7 @@ def main() -> None:
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     grid = GRIDS[args.grid or args.device]
     rows = []
-    names = ["ours", "hf_eager", "hf_grouped_mm", "hf_batched_mm", "ds_native"]
+    names = ["ours", "ours_fused", "hf_eager", "hf_grouped_mm", "hf_batched_mm", "ds_native"]
     print(f"{'point':<28}" + "".join(f"{n:>18}" for n in names) + f"{'dense':>10}")
     for point in grid:
         row = run_point(*point, dtype=dtype, device=args.device, min_time=args.min_time,

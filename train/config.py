@@ -45,6 +45,9 @@ class ParallelConfig:
     backend: str = "auto"  # auto: nccl with CUDA, gloo on CPU
     timeout_s: int = 1800
     use_grouped_mm: bool = True
+    # AutoEP experts: "separate" runs gate and up as two grouped GEMMs, "fused" as one over [w1 | w3]
+    # (parameters and checkpoints keep the separate layout).
+    gate_up_impl: str = "separate"
 
 
 @dataclass
@@ -244,6 +247,7 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
     _choice("model.family", cfg.model.family, MODEL_FAMILIES)
     _choice("deepspeed.zero_stage", cfg.deepspeed.zero_stage, (0, 1, 2, 3))
     _choice("parallel.backend", cfg.parallel.backend, ("auto", "nccl", "gloo"))
+    _choice("parallel.gate_up_impl", cfg.parallel.gate_up_impl, ("separate", "fused"))
     _choice("trainer.precision", cfg.trainer.precision, ("auto", "fp32", "bf16"))
     _choice("logger.wandb_mode", cfg.logger.wandb_mode, ("offline", "online", "disabled"))
     _choice("data.packing", cfg.data.packing, ("auto", "packed", "per_document", "varlen"))

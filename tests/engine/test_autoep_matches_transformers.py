@@ -31,7 +31,8 @@ def _world(world_of_one):
     return world_of_one
 
 
-@pytest.mark.parametrize("overrides", [TINY_QWEN3, TINY_QWEN3_5], ids=["qwen3_moe", "qwen3_5_moe"])
+@pytest.mark.parametrize("overrides", [TINY_QWEN3, TINY_QWEN3_5, [*TINY_QWEN3, "parallel.gate_up_impl=fused"]],
+                         ids=["qwen3_moe", "qwen3_5_moe", "qwen3_moe_fused_gate_up"])
 def test_init_loss_equals_transformers(overrides):
     from train.engine.deepspeed_setup import build_engine
     from train.models.build import build_hf_config, build_model

@@ -36,6 +36,7 @@ def deepspeed_config(cfg: PretrainConfig, model: nn.Module, load_universal: bool
         "autoep_size": cfg.parallel.ep_size,
         "preset_model": cfg.model.family,
         "use_grouped_mm": cfg.parallel.use_grouped_mm,
+        "gate_up_impl": cfg.parallel.gate_up_impl,
     }
     pattern = autoep_shims.moe_layer_pattern(model)
     if pattern is not None:
