@@ -41,6 +41,12 @@ def test_report_has_the_promised_numbers(demo):
     assert pngs and all(name in md for name in pngs)
 
 
+def test_evaluation_is_spread_over_the_processes(demo):
+    root, _ = demo
+    summary = json.loads((root / "runs" / "eval_sft.json").read_text())["summary"]
+    assert summary["processes"] == 2 and summary["episodes"] == 3  # each scenario once, not once per process
+
+
 def test_exports_verified_and_carry_the_chat_template(demo):
     root, output = demo
     assert output.count("verify: max |logit difference|") == 2

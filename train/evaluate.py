@@ -52,7 +52,8 @@ def evaluate_model(cfg: EvaluateConfig | DictConfig) -> dict[str, Any]:
     from train.eval.commerce_env.scoring import score_episode, score_rows, summarize
     from train.eval.model_agent import TOOL_CALL_STYLE, ModelAgent, load_export
 
-    state = PartialState()
+    # cpu=True is what makes accelerate see a torchrun/srun world of CPU processes (else each one runs it all).
+    state = PartialState(cpu=not torch.cuda.is_available())
     ev = cfg.eval
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[cfg.precision]
     model, tokenizer, family = load_export(cfg.model_path, cfg.device_map, dtype)
@@ -76,6 +77,7 @@ def evaluate_model(cfg: EvaluateConfig | DictConfig) -> dict[str, Any]:
     scores = [s for s, _ in results]
     summary = summarize(scores)
     summary["wall_s"] = time.perf_counter() - t0
+    summary["processes"] = state.num_processes
     if ev.image_qa and family == "qwen3_5_moe":
         from train.eval.image_qa import evaluate_image_qa
 
