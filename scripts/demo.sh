@@ -19,6 +19,8 @@ export MOE_ROOT=${MOE_ROOT:-$PWD}
 NPROC=${NPROC:-2}
 # Held-out scenarios and image questions evaluated per model; all of them: EVAL_ARGS="eval.limit=null".
 EVAL_ARGS=${EVAL_ARGS:-eval.limit=50 eval.image_qa_limit=120}
+# The pretrain-only model never ends a turn, so each of its turns costs max_new_tokens: fewer scenarios.
+BASELINE_EVAL_ARGS=${BASELINE_EVAL_ARGS:-$EVAL_ARGS eval.limit=20}
 PY=.venv/bin/python
 RUN="$PY -m torch.distributed.run --nproc_per_node $NPROC --master_port ${MASTER_PORT:-29511}"
 WORLD=$MOE_ROOT/data/commerce_world
@@ -64,7 +66,7 @@ stage sft $RUN -m train.sft experiment=sft_commerce_tiny parallel.ep_size="$NPRO
 stage export_sft $RUN -m train.export checkpoint="$(latest_checkpoint sft_commerce_tiny)" \
   out="$EXPORTS/sft" verify=true export.dtype=float32 export.overwrite=true
 stage eval_baseline $RUN -m train.evaluate model_path="$EXPORTS/pretrain" eval.world_dir="$WORLD" \
-  out="$RUNS/eval_baseline.json" $EVAL_ARGS
+  out="$RUNS/eval_baseline.json" $BASELINE_EVAL_ARGS
 stage eval_sft $RUN -m train.evaluate model_path="$EXPORTS/sft" eval.world_dir="$WORLD" \
   out="$RUNS/eval_sft.json" $EVAL_ARGS
 }
