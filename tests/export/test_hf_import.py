@@ -6,6 +6,7 @@ The reference is transformers' own `from_pretrained` of the same folder.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,19 @@ def test_missing_tensor_is_named(tmp_path, sharded):
     index_path.write_text(json.dumps(index))
     with pytest.raises(ValueError, match=r"model\.layers\.0\.input_layernorm\.weight"):
         load_hf_weights(_fresh(), folder)
+
+
+def test_pickle_weights_are_refused_by_name(tmp_path):
+    import pickle
+
+    from train.models.hf_import import shard_index
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    (tmp_path / "pytorch_model.bin").write_bytes(pickle.dumps(Payload()))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"only pickle-based weights \(pytorch_model.bin\).*refused"):
+        shard_index(tmp_path)
+    assert not (tmp_path / "pwned").exists()

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+# Weights from outside are read from safetensors only: these formats unpickle arbitrary objects.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 SKIPPED_PREFIXES = ("mtp.",)
 
 
@@ -47,6 +49,10 @@ def shard_index(folder: str | Path) -> dict[str, Path]:
     if shards:
         raise ValueError(f"{index}: missing, but {folder} holds {len(shards)} shard(s) ({shards[0]}, ...); "
                          f"the index is needed to know which tensor is in which file")
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise ValueError(f"{folder}: only pickle-based weights ({', '.join(pickled[:3])}); they can run code when "
+                         "loaded and are refused. Convert them to safetensors with a trusted tool first.")
     raise ValueError(f"{folder}: neither {INDEX} nor {SINGLE} found")
 
 
