@@ -42,6 +42,17 @@ def world_of_one():
     return init_distributed("gloo")
 
 
+# The smallest Qwen3.5-MoE shape the tests build (the Qwen3-MoE one is `experiment=ci_tiny`).
+TINY_QWEN3_5 = [
+    "model=qwen3_5_moe_tiny",
+    "model.hf_config.text_config.hidden_size=64",
+    "model.hf_config.text_config.num_experts=8",
+    "model.hf_config.text_config.moe_intermediate_size=32",
+    "model.hf_config.text_config.shared_expert_intermediate_size=32",
+    "model.hf_config.vision_config.out_hidden_size=64",
+]
+
+
 def compose(overrides: list[str], config_name: str = "pretrain"):
     """The config a user gets from the CLI with these overrides (Hydra's compose API)."""
     from hydra import compose as hydra_compose

@@ -11,18 +11,10 @@ import copy
 import pytest
 import torch
 
-from tests.conftest import compose
+from tests.conftest import TINY_QWEN3_5, compose
 from train.engine.losses import moe_losses
 
-TINY_QWEN3_5 = [
-    "model=qwen3_5_moe_tiny",
-    "model.hf_config.text_config.hidden_size=64",
-    "model.hf_config.text_config.num_experts=8",
-    "model.hf_config.text_config.moe_intermediate_size=32",
-    "model.hf_config.text_config.shared_expert_intermediate_size=32",
-    "model.hf_config.vision_config.out_hidden_size=64",
-    "+model.hf_config.text_config.vocab_size=256",
-]
+QWEN3_5 = [*TINY_QWEN3_5, "+model.hf_config.text_config.vocab_size=256"]
 TINY_QWEN3 = ["experiment=ci_tiny", "+model.hf_config.vocab_size=256"]
 
 
@@ -31,7 +23,7 @@ def _world(world_of_one):
     return world_of_one
 
 
-@pytest.mark.parametrize("overrides", [TINY_QWEN3, TINY_QWEN3_5, [*TINY_QWEN3, "parallel.gate_up_impl=fused"]],
+@pytest.mark.parametrize("overrides", [TINY_QWEN3, QWEN3_5, [*TINY_QWEN3, "parallel.gate_up_impl=fused"]],
                          ids=["qwen3_moe", "qwen3_5_moe", "qwen3_moe_fused_gate_up"])
 def test_init_loss_equals_transformers(overrides):
     from train.engine.deepspeed_setup import build_engine

@@ -11,19 +11,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import compose
+from tests.conftest import TINY_QWEN3_5, compose
 
 VOCAB = 512  # the ci_tiny tokenizer's vocabulary
 QWEN3 = ["experiment=ci_tiny", f"+model.hf_config.vocab_size={VOCAB}"]
-QWEN3_5 = [
-    "model=qwen3_5_moe_tiny",
-    "model.hf_config.text_config.hidden_size=64",
-    "model.hf_config.text_config.num_experts=8",
-    "model.hf_config.text_config.moe_intermediate_size=32",
-    "model.hf_config.text_config.shared_expert_intermediate_size=32",
-    "model.hf_config.vision_config.out_hidden_size=64",
-    f"+model.hf_config.text_config.vocab_size={VOCAB}",
-]
+QWEN3_5 = [*TINY_QWEN3_5, f"+model.hf_config.text_config.vocab_size={VOCAB}"]
 # Run overrides matching ci_tiny's data and trainer settings, for families other than ci_tiny's own.
 CI_TINY_RUN = ["data.num_documents=600", "data.vocab_size=512", "data.seq_len=64", "trainer.micro_batch_size=2",
                "trainer.checkpoint_every=100", "logger=disabled", "optim.warmup_steps=2"]
