@@ -105,16 +105,21 @@ def split_segments(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return segments
 
 
+def _load_json(path: Path) -> Any:
+    """A JSON file's value; a syntax error names the file and line."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
 def read_stage(name: str, run_dir: Path) -> StageRun:
     if not run_dir.is_dir():
         raise ValueError(f"stage {name!r}: run directory {run_dir} not found")
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise ValueError(f"stage {name!r}: {config_path} not found")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    config = _load_json(config_path)
     if not isinstance(config, dict):
         raise ValueError(f"{config_path}: expected a JSON object")
     records = read_metrics(run_dir / "metrics.jsonl")
@@ -125,10 +130,7 @@ def read_eval(name: str, path: Path) -> dict[str, Any]:
     """An evaluation result written by train/evaluate.py; only its `summary` object is required."""
     if not path.is_file():
         raise ValueError(f"eval {name!r}: {path} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    data = _load_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("summary"), dict):
         raise ValueError(f"{path}: expected an object with a 'summary' object (train/evaluate.py output)")
     return data
@@ -140,10 +142,7 @@ def read_timings(path: Path | None) -> dict[str, float]:
         return {}
     if not path.is_file():
         raise ValueError(f"timings file {path} not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    data = _load_json(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected an object {{stage: seconds}}")
     for k, v in data.items():
