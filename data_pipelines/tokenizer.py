@@ -27,15 +27,25 @@ QWEN_SPECIAL_TOKENS = [
 ]
 
 
+# Pre-tokenizer of the from-scratch BPE: every space, digit and CJK character is its own piece, letter runs and
+# punctuation runs are pieces. A string then tokenises the same wherever it appears ("in Xiamen", a JSON value,
+# an option card): GPT-style " Xiamen" vs "Xiamen" pieces differ, and a tiny model cannot learn that mapping for
+# names it has never seen, so it could not copy held-out cities, shops and ids from the conversation.
+COPY_CONSISTENT_SPLIT = r"\p{Han}|[\p{L}&&[^\p{Han}]]+|\p{N}|\s|[^\s\p{L}\p{N}]+"
+
+
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike,
                         chat_template: str = "qwen3_5") -> PreTrainedTokenizerFast:
     """Train a byte-level BPE and save it (atomically), with its chat template, as a transformers tokenizer."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from data_pipelines.chat_render import chat_template_text
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(COPY_CONSISTENT_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

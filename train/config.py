@@ -26,6 +26,9 @@ class ModelConfig:
     hf_config: dict[str, Any] = field(default_factory=dict)
     activation_checkpointing: bool = False
     attn_implementation: str = "sdpa"
+    # Parameter-name prefixes kept frozen (requires_grad=False), e.g. ["model.visual."] to fine-tune the language
+    # model on top of a pretrained vision tower. A prefix that matches nothing is an error.
+    frozen: list[str] = field(default_factory=list)
     trust_remote_code: bool = False
 
 

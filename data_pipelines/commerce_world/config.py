@@ -19,6 +19,7 @@ class WorldConfig:
     validation_cities: int = 4
     test_cities: int = 6
     shops_per_category: int = 3
+    pretrain_records: int = 6000  # order records in pretrain/text_train.jsonl (a tenth in validation)
     overwrite: bool = False  # replace an existing world made with different settings
 
     def content_key(self) -> dict:

@@ -7,7 +7,7 @@ Layout (paths inside jsonl files are relative to the world folder):
   dialogs/{split}.jsonl            OpenAI `messages` + `tools` (test: the oracle's reference dialogs)
   images/I####.png                 one product image per item
   image_qa/{split}.jsonl           colour/shape questions with a closed answer set
-  pretrain/text_{split}.jsonl      shop descriptions and captions (train and validation entities only)
+  pretrain/text_{split}.jsonl      shop descriptions, captions and order records (train/validation entities)
   pretrain/image_text_{split}.jsonl image-caption pairs
 """
 
@@ -26,11 +26,12 @@ from data_pipelines.commerce_world.config import WorldConfig
 from data_pipelines.commerce_world.corpus import image_text_pairs, text_documents
 from data_pipelines.commerce_world.dialogs import write_dialog
 from data_pipelines.commerce_world.images import draw_item, image_questions
+from data_pipelines.commerce_world.records import order_records
 from data_pipelines.commerce_world.scenarios import draw_scenarios
 from data_pipelines.commerce_world.tools import tool_schemas
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -69,7 +70,9 @@ def _build(cfg: WorldConfig, root: Path) -> dict:
         counts[f"image_qa_{split}"] = len(rows)
     for split in ("train", "validation"):
         part = catalogue.in_split(split)
-        docs = text_documents(part, cfg.seed)
+        n_records = cfg.pretrain_records if split == "train" else max(1, cfg.pretrain_records // 10)
+        docs = text_documents(part, cfg.seed) + order_records(part, n_records, cfg.seed, split)
+        random.Random(f"pretrain-text-{cfg.seed}-{split}").shuffle(docs)
         _write_jsonl(root / "pretrain" / f"text_{split}.jsonl", docs)
         pairs = image_text_pairs(part, image_path)
         _write_jsonl(root / "pretrain" / f"image_text_{split}.jsonl", pairs)

@@ -90,3 +90,18 @@ def build_model(model_cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torc
     if model_cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def freeze_parameters(model: torch.nn.Module, prefixes: list[str]) -> int:
+    """Set requires_grad=False on parameters whose names start with one of `prefixes`; returns how many."""
+    names = [n for n, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(n.startswith(prefix) for n in names):
+            roots = sorted({".".join(n.split(".")[:2]) + "." for n in names})
+            raise ValueError(f"model.frozen: {prefix!r} matches no parameter (names start with {roots})")
+    frozen = 0
+    for name, p in model.named_parameters():
+        if any(name.startswith(prefix) for prefix in prefixes):
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
