@@ -1,23 +1,24 @@
 """Shim 4: AutoEP's single-rank (EP=1) expert path on CPU as one sort, one gather and a per-expert loop of GEMMs.
 
 Why: DeepSpeed 0.19.8 `AutoEPMoELayer._forward` at autoep_size=1 sorts the routed tokens, then
-`permute_by_local_expert` pads every expert's rows to a multiple of 8 (a Python loop of `.item()` per expert,
-a `vstack` copy and a padded gather), runs `torch._grouped_mm` on *transposed views* of w1/w2/w3 (on CPU the
-kernel then walks the weights column-wise), scatters back with `index_put_` into zeros and combines with a
-second `index_put_` into a zero [T*K, H] buffer. On the issue-7 CPU grid that spends more time outside the
-GEMMs than in them (see benchmarks/README.md for the profile).
+`permute_by_local_expert` pads every expert's rows to a multiple of 8 (on CPU a Python loop with `.item()` per
+expert, a `vstack` copy and a padded gather whose backward is an accumulating `index_put_`), runs
+`torch._grouped_mm` on transposed views of w1/w2/w3, scatters back with `index_put_` into zeros and combines
+through a second `index_put_` into a zero [T*K, H] buffer. On the issue-7 CPU grid these copies cost about as
+much as a third of the GEMM time (profile in benchmarks/README.md).
 
-What this does instead, for layers with EP=1, the plain collective backend, no AutoTP folding and routing
-weights applied after the experts (both Qwen presets): the router is AutoEP's own; rows are sorted by expert
-once and gathered once; the experts run as one autograd Function whose forward and backward loop over experts
-with `torch.mm(..., out=)` on contiguous row slices (no padding, no index copies, weights read in their stored
-[E, out, in] layout); the combine is a permutation gather followed by the same per-token `sum` over the top-k
-slots that transformers' `grouped_mm` experts use. Forward outputs are bitwise those of transformers'
-`grouped_mm` block; gradients agree to fp32 reassociation (tests/models/test_autoep_local_experts.py).
-Every other case (EP>1, DeepEP, folding, pre-scoring) runs upstream's `_forward` unchanged.
+What this does instead, for layers with EP=1, the plain collective backend, no AutoTP folding, SwiGLU experts
+and routing weights applied after the experts (both Qwen presets): the router is AutoEP's own; rows are sorted
+by expert once and gathered once; the experts run as one autograd Function whose forward and backward loop over
+experts with `torch.mm(..., out=)` on contiguous row slices (no padding, no index copies, weight gradients
+written in place, only idle experts zero-filled); the combine is a permutation gather (its backward the inverse
+gather) and the same per-token weighted `sum` over the top-k slots as upstream. Logits, losses and every
+gradient are bitwise those of upstream's path (tests/models/test_autoep_local_experts.py); parity with
+transformers is therefore that of upstream (tests/engine/test_autoep_matches_transformers.py).
+Every other case (EP>1, DeepEP, folding, pre-scoring, Triton GEMM) runs upstream's `_forward` unchanged.
 
 Remove when: AutoEP's EP=1 CPU path stops padding and calls a contiguous-weight grouped GEMM; the test
-`test_upstream_still_pads_and_uses_transposed_weights` fails at that point.
+`test_upstream_still_pads_expert_rows_on_cpu` fails at that point.
 """
 
 from __future__ import annotations
