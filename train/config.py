@@ -51,6 +51,10 @@ class ParallelConfig:
     # AutoEP experts: "separate" runs gate and up as two grouped GEMMs, "fused" as one over [w1 | w3]
     # (parameters and checkpoints keep the separate layout).
     gate_up_impl: str = "separate"
+    # AutoEP expert path at EP=1: "auto" runs train/models/autoep_local_experts.py (sort once, per-expert GEMMs on
+    # contiguous rows; outputs and gradients bitwise equal to upstream's) while the experts are on the CPU,
+    # "local_loop" always, "upstream" never (DeepSpeed's padded torch._grouped_mm path).
+    experts_impl: str = "auto"
 
 
 @dataclass
@@ -251,6 +255,10 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
     _choice("deepspeed.zero_stage", cfg.deepspeed.zero_stage, (0, 1, 2, 3))
     _choice("parallel.backend", cfg.parallel.backend, ("auto", "nccl", "gloo"))
     _choice("parallel.gate_up_impl", cfg.parallel.gate_up_impl, ("separate", "fused"))
+    _choice("parallel.experts_impl", cfg.parallel.experts_impl, ("auto", "upstream", "local_loop"))
+    if cfg.parallel.experts_impl == "local_loop" and cfg.parallel.gate_up_impl == "fused":
+        raise ValueError("parallel.experts_impl=local_loop runs its own gate/up GEMMs; parallel.gate_up_impl=fused "
+                         "only applies to experts_impl=upstream")
     _choice("trainer.precision", cfg.trainer.precision, ("auto", "fp32", "bf16"))
     _choice("logger.wandb_mode", cfg.logger.wandb_mode, ("offline", "online", "disabled"))
     _choice("data.packing", cfg.data.packing, ("auto", "packed", "per_document", "varlen"))

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from train.config import PretrainConfig
-from train.models import autoep_shims
+from train.models import autoep_local_experts, autoep_shims
 
 log = logging.getLogger(__name__)
 
@@ -89,5 +89,10 @@ def build_engine(cfg: PretrainConfig, model: nn.Module, load_universal: bool = F
     n = autoep_shims.capture_raw_router_logits(engine.module)
     if n == 0:
         raise RuntimeError("AutoEP replaced no MoE layer: check model.family and the expert_parallel preset")
-    log.info("AutoEP: %d MoE layers, ep_size=%d, ZeRO stage %d", n, cfg.parallel.ep_size, cfg.deepspeed.zero_stage)
+    impl = cfg.parallel.experts_impl
+    if impl != "upstream" and cfg.parallel.gate_up_impl == "fused":
+        impl = "upstream"  # the fused gate/up GEMM is upstream's; auto keeps it rather than replacing it
+    local = autoep_local_experts.use_local_experts(engine.module, impl)
+    log.info("AutoEP: %d MoE layers (%d on the local expert loop), ep_size=%d, ZeRO stage %d", n, local,
+             cfg.parallel.ep_size, cfg.deepspeed.zero_stage)
     return engine
