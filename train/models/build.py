@@ -77,15 +77,20 @@ def build_hf_config(model_cfg: ModelConfig, vocab_size: int | None = None) -> Pr
 
 def build_model(model_cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torch.dtype, seed: int,
                 ep_rank: int = 0, ep_size: int = 1) -> PreTrainedModel:
-    """Random init (seeded, identical on every rank), then the local `init_from` weights this EP rank owns."""
+    """Random init (seeded, identical on every rank), or the `init_from` weights this EP rank owns.
+
+    With `init_from` nothing is random-initialised and only this rank's experts are read and materialised
+    (`hf_import.build_rank_local`), so a rank never holds the whole model.
+    """
     _, model_cls = FAMILIES[model_cfg.family]
     torch.manual_seed(seed)
     hf_config._attn_implementation = model_cfg.attn_implementation
-    model = model_cls._from_config(hf_config, dtype=dtype)
-    if model_cfg.init_from is not None:
-        from train.models.hf_import import load_hf_weights
+    if model_cfg.init_from is None:
+        model = model_cls._from_config(hf_config, dtype=dtype)
+    else:
+        from train.models.hf_import import build_rank_local
 
-        load_hf_weights(model, model_cfg.init_from, ep_rank, ep_size)
+        model = build_rank_local(model_cls, hf_config, dtype, model_cfg.init_from, ep_rank, ep_size)
     model.config.use_cache = False
     if model_cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -3,7 +3,10 @@
 Called by `build_model` for `model.init_from`, before `deepspeed.initialize`: AutoEP then keeps only the
 local experts of each MoE layer, so this rank reads every non-expert tensor but only the experts
 `[ep_rank * E / ep_size, (ep_rank + 1) * E / ep_size)` (per-expert keys, or row slices of fused keys through
-safetensors' lazy `get_slice`). The other experts keep their random init and are dropped by AutoEP.
+safetensors' lazy `get_slice`). `build_rank_local` builds the model on the meta device and gives every
+parameter uninitialised memory (`torch.empty`): nothing is random-initialised, and the rows of the other
+ranks' experts are never written, so the OS never backs them with pages; AutoEP slices out the owned rows
+and the source tensors are freed. (On a model built the ordinary way the other experts keep their init.)
 Bad input fails naming the file and the tensor: a missing index, a shard missing or truncated, a tensor
 whose shape does not match the model, a model tensor absent from the checkpoint.
 `mtp.*` tensors (multi-token prediction) have no place in the transformers model and are skipped here;
@@ -19,7 +22,9 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from accelerate import init_empty_weights
 from safetensors import safe_open
+from transformers import PretrainedConfig, PreTrainedModel
 
 from train.models.hf_adapter import ImportTarget, from_hf
 
@@ -88,8 +93,38 @@ def _check_shape(path: Path, name: str, got: tuple[int, ...], want: tuple[int, .
         raise ValueError(f"{path}: tensor {name} has shape {list(got)}, the model's {param} needs {list(want)}")
 
 
+def build_rank_local(model_cls: type[PreTrainedModel], hf_config: PretrainedConfig, dtype: torch.dtype,
+                     folder: str | Path, ep_rank: int = 0, ep_size: int = 1) -> PreTrainedModel:
+    """The model holding this EP rank's weights from `folder`, without ever materialising the whole model.
+
+    Parameters are created on the meta device (buffers such as rotary frequencies stay real), then given
+    uninitialised CPU memory; `load_hf_weights` writes every non-expert tensor and the owned expert rows.
+    """
+    with init_empty_weights(include_buffers=False):
+        model = model_cls._from_config(hf_config, dtype=dtype)
+    materialize_empty(model)
+    load_hf_weights(model, folder, ep_rank, ep_size)
+    return model
+
+
+def materialize_empty(model: nn.Module) -> None:
+    """Replace meta parameters by `torch.empty` CPU tensors (untouched pages cost no memory); ties are kept."""
+    done: dict[int, nn.Parameter] = {}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None or p.device.type != "meta":
+                continue
+            if id(p) not in done:
+                done[id(p)] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="cpu"),
+                                           requires_grad=p.requires_grad)
+            module._parameters[name] = done[id(p)]
+
+
 def load_hf_weights(model: nn.Module, folder: str | Path, ep_rank: int = 0, ep_size: int = 1) -> dict[str, int]:
-    """Copy the checkpoint in `folder` into `model`, reading only this EP rank's experts. Returns counts."""
+    """Copy the checkpoint in `folder` into `model`, reading only this EP rank's experts.
+
+    Returns {"read": tensors read, "bytes": bytes of tensor data read, "skipped": mtp tensors left out}.
+    """
     index = shard_index(folder)
     params = dict(model.state_dict(keep_vars=True))
     by_file: dict[Path, list[tuple[str, ImportTarget]]] = defaultdict(list)
@@ -104,16 +139,18 @@ def load_hf_weights(model: nn.Module, folder: str | Path, ep_rank: int = 0, ep_s
         by_file[path].append((name, target))
 
     filled: dict[str, set[int] | bool] = {}
-    read = 0
+    read = nbytes = 0
     with torch.no_grad():
         for path, entries in by_file.items():
             with _open(path, entries[0][0]) as f:
                 for name, t in entries:
-                    read += _copy_one(f, path, name, t, params[t.param], ep_rank, ep_size, filled)
+                    got = _copy_one(f, path, name, t, params[t.param], ep_rank, ep_size, filled)
+                    if got is not None:
+                        read, nbytes = read + 1, nbytes + got
     _check_complete(model, params, filled, Path(folder), ep_rank, ep_size)
     log.info("loaded %d tensors from %s (ep_rank %d of %d; %d mtp tensors left for export)", read, folder,
              ep_rank, ep_size, skipped)
-    return {"read": read, "skipped": skipped}
+    return {"read": read, "bytes": nbytes, "skipped": skipped}
 
 
 def _owned(num_experts: int, ep_rank: int, ep_size: int) -> range:
@@ -122,23 +159,26 @@ def _owned(num_experts: int, ep_rank: int, ep_size: int) -> range:
 
 
 def _copy_one(f, path: Path, name: str, t: ImportTarget, param: torch.Tensor, ep_rank: int, ep_size: int,
-              filled: dict) -> int:
+              filled: dict) -> int | None:
+    """Copy one on-disk tensor (or this rank's rows of it) into `param`. Returns the bytes read; None: not owned."""
     if t.expert is None and not t.fused:
         shape = tuple(f.get_slice(name).get_shape())
         _check_shape(path, name, shape, tuple(param.shape), t.param)
-        param.copy_(_read(f, path, name).to(param.dtype))
+        data = _read(f, path, name)
+        param.copy_(data.to(param.dtype))
         filled[t.param] = True
-        return 1
+        return _nbytes(data)
     owned = _owned(param.shape[0], ep_rank, ep_size)
     if t.fused:
         shape = tuple(f.get_slice(name).get_shape())
         _check_shape(path, name, shape, tuple(param.shape), t.param)
         rows = slice(owned.start, owned.stop)
-        param[rows].copy_(_read(f, path, name, rows).to(param.dtype))
+        data = _read(f, path, name, rows)
+        param[rows].copy_(data.to(param.dtype))
         filled.setdefault(t.param, set()).update(("whole", e) for e in owned)
-        return 1
+        return _nbytes(data)
     if t.expert not in owned:
-        return 0
+        return None
     if t.expert >= param.shape[0]:
         raise ValueError(f"{path}: tensor {name}: expert {t.expert} but the model has {param.shape[0]} experts")
     dest = param[t.expert]
@@ -147,9 +187,14 @@ def _copy_one(f, path: Path, name: str, t: ImportTarget, param: torch.Tensor, ep
         dest = dest[:half] if t.half == "gate" else dest[half:]
     shape = tuple(f.get_slice(name).get_shape())
     _check_shape(path, name, shape, tuple(dest.shape), f"{t.param}[{t.expert}]" + (f" {t.half} rows" if t.half else ""))
-    dest.copy_(_read(f, path, name).to(param.dtype))
+    data = _read(f, path, name)
+    dest.copy_(data.to(param.dtype))
     filled.setdefault(t.param, set()).add((t.half or "whole", t.expert))
-    return 1
+    return _nbytes(data)
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def _check_complete(model: nn.Module, params: dict, filled: dict, folder: Path, ep_rank: int, ep_size: int) -> None:
