@@ -72,7 +72,7 @@ def open_source(ckpt_dir: str | Path, check_files: bool = True) -> ExportSource:
     if not (ckpt / "COMPLETE").exists():
         raise ValueError(f"checkpoint={ckpt}: no COMPLETE marker (an interrupted save?)")
     if check_files and (ckpt / CHECKPOINT_MANIFEST).exists():
-        problems = verify_manifest(ckpt)  # before init_distributed: this process checks every file
+        problems = verify_manifest(ckpt, collective=False)  # this process alone (export reads on rank 0 only)
         if problems:
             raise ValueError(f"checkpoint={ckpt} is damaged:\n  " + "\n  ".join(problems))
     meta_path = ckpt / "meta.json"
