@@ -35,7 +35,8 @@ def export(cfg: ExportConfig | DictConfig) -> dict[str, Any]:
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    source = open_source(cfg.checkpoint)  # every rank checks its input before any work
+    # every rank checks its input before any work; rank 0's export_checkpoint, which reads the files, hashes them
+    source = open_source(cfg.checkpoint, check_files=False)
     result: dict[str, Any] = {}
     if world > 1 or cfg.verify:
         from train.engine.distributed import configure_accelerator_env, init_distributed

@@ -61,6 +61,8 @@ def test_exact_resume_same_ep(runs):
     resumed = runs["R2"].losses()  # metrics.jsonl is appended: steps 1-5 from S2, 6-10 from R2
     assert sorted(resumed) == list(range(1, 11))
     assert "resumed from step_00000005" in runs["R2"].output
+    assert "step_00000005: DeepSpeed read" in runs["R2"].output  # through train/checkpoint/weights_only_load_shim
+    assert "all with weights_only=True" in runs["R2"].output
     for step in range(1, 11):
         assert resumed[step] == pytest.approx(uninterrupted[step], rel=1e-6, abs=0), step
 
@@ -68,6 +70,8 @@ def test_exact_resume_same_ep(runs):
 def test_resume_ep2_checkpoint_at_ep1_goes_through_universal(runs):
     r1 = runs["R1"]
     assert "loading through a universal checkpoint" in r1.output
+    assert "ds_to_universal: weights_only_load_shim:" in r1.output and "with weights_only=True" in r1.output
+    assert "step_00000005_universal: DeepSpeed read" in r1.output
     assert (r1.run_dir / "checkpoints" / "step_00000005_universal" / "COMPLETE").exists()
     at_ep1, at_ep2 = r1.losses(), runs["R2"].losses()
     assert 6 in at_ep1 and _rel(at_ep1[6], at_ep2[6]) <= 1e-4, (at_ep1, at_ep2)

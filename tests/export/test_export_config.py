@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
+import torch
 
 from tests.conftest import compose
 from train.config import validate_export
@@ -28,3 +32,25 @@ def test_missing_checkpoint_dir_is_named():
     cfg = compose(["checkpoint=/no/such/ckpt", "out=exports/x"], config_name="export")
     with pytest.raises(ValueError, match="checkpoint='/no/such/ckpt': no such directory"):
         validate_export(cfg)
+
+
+def test_damaged_checkpoint_is_named_before_anything_is_unpickled(tmp_path):
+    from train.checkpoint.hf_export import open_source
+    from train.checkpoint.manifest import build_manifest, write_manifest
+
+    step = tmp_path / "run" / "checkpoints" / "step_00000001"
+    step.mkdir(parents=True)
+    victim = step / "mp_rank_00_model_states.pt"
+    torch.save({"module": {"w": torch.ones(4)}}, victim)
+    write_manifest(step, build_manifest(step, exclude=set()))
+    (step / "COMPLETE").write_text("ok\n")
+    (step / "meta.json").write_text(json.dumps({"step": 1, "family": "qwen3_moe"}))
+    (tmp_path / "run" / "config.json").write_text("{}")
+    (tmp_path / "run" / "tokenizer").mkdir()
+    (tmp_path / "run" / "tokenizer" / "tokenizer_config.json").write_text("{}")
+    assert open_source(step).ckpt_dir == step.resolve()
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=rf"is damaged:\n  {re.escape(str(victim))}: sha256 differs"):
+        open_source(step)

@@ -91,6 +91,22 @@ def test_default_policy_stops_at_the_first_nonfinite_step(runs):
     assert sorted(p.name for p in (t.run_dir / "checkpoints").glob("step_*")) == ["step_00000001"]
 
 
+@pytest.mark.multiprocess
+@pytest.mark.slow
+def test_zero3_save_refuses_nan_in_one_ranks_partition_on_all_ranks(tmp_path, shared_data):
+    """Under ZeRO-3 `param.data` is empty: the check must read each rank's partition and all ranks must agree."""
+    run = run_pretrain(tmp_path / "z3", 2, [*BASE, "deepspeed=zero3", "parallel.ep_size=2", "trainer.max_steps=4"],
+                       shared_data, check=False, env={"MOE_FAULT_INJECT": "nan_weight@3:1"})
+    assert run.proc.returncode != 0
+    poisoned = run.output.split("[fault injection] NaN written into ")[1].split(" ")[0]
+    ckpts = run.run_dir / "checkpoints"
+    refusal = (f"FloatingPointError: refusing to write {ckpts / 'step_00000003'}: non-finite weights ({poisoned} on "
+               "rank 1); the previous checkpoint stays the latest")
+    assert run.output.count(refusal) == 2, run.output[-3000:]  # rank 0 (whose share is finite) refuses too
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000001", "step_00000002"]
+    assert Checkpointer(ckpts, 10, 0, 1).latest_intact() == "step_00000002"
+
+
 def test_checkpointer_refuses_nonfinite_weights(tmp_path):
     module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
     with torch.no_grad():

@@ -3,9 +3,11 @@
 Layout: `<run>/checkpoints/step_00000100/` holds DeepSpeed's files, `trainer_state_rank<r>.pt` per rank
 (RNG), `manifest.json` (sha256 per file), `meta.json` (step, data position, wandb id, topology) and, last,
 the `COMPLETE` marker. A folder without the marker is never resumed from; one whose files do not match
-its manifest is reported by file name and the previous checkpoint is used instead. A save refuses non-finite
-weights, and a failed write (a full disk) raises naming the folder and removes the partial one; older
-checkpoints are rotated only after the new one is complete. Resuming with another EP size or world size would silently
+its manifest is reported by file name and the previous checkpoint is used instead; only then is anything
+unpickled, and every load (DeepSpeed's own too) is `weights_only=True` (train/checkpoint/weights_only_load_shim.py).
+A save refuses non-finite weights (under ZeRO-3 each rank checks its own partition; all ranks agree), and a failed
+write (a full disk) raises naming the folder and removes the partial one; older checkpoints are rotated only after
+the new one is complete. Resuming with another EP size or world size would silently
 corrupt a normal checkpoint's optimizer state (CONTEXT.md §3), so it goes through DeepSpeed's universal
 checkpoint conversion instead; that is chosen before the engine is built (`load_universal`).
 """
@@ -28,6 +30,7 @@ import numpy as np
 import torch
 
 from train.checkpoint.manifest import MANIFEST, build_manifest, verify_manifest, write_manifest
+from train.checkpoint.weights_only_load_shim import load_weights_only, weights_only_loads
 from train.engine import fault_injection
 from train.engine.distributed import barrier
 
@@ -53,11 +56,28 @@ def _all_ranks_ok(ok: bool) -> bool:
 
 
 def first_nonfinite_param(module: torch.nn.Module) -> str | None:
-    """The name of the first parameter (this rank's share) holding NaN/Inf; one reduction per tensor."""
+    """The name of the first parameter holding NaN/Inf in this rank's share; one reduction per tensor.
+
+    Under ZeRO-3 `param.data` is an empty placeholder and the rank's values are its partition `param.ds_tensor`.
+    """
     for name, p in module.named_parameters():
-        if p.numel() and not torch.isfinite(p.detach()).all():
+        local = getattr(p, "ds_tensor", None)
+        values = p.detach() if local is None else local.detach()
+        if values.numel() and not torch.isfinite(values).all():
             return name
     return None
+
+
+def first_nonfinite_on_any_rank(module: torch.nn.Module) -> tuple[str, int] | None:
+    """Collective: (parameter, rank) of the first non-finite parameter on the lowest such rank, the same on all."""
+    import torch.distributed as dist
+
+    bad = first_nonfinite_param(module)
+    found = [bad]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        found = [None] * dist.get_world_size()
+        dist.all_gather_object(found, bad)
+    return next(((name, rank) for rank, name in enumerate(found) if name is not None), None)
 
 
 def tag_for(step: int) -> str:
@@ -164,12 +184,13 @@ class Checkpointer:
             tmp = self.dir / (tag + "_universal.tmp")
             if tmp.exists():
                 shutil.rmtree(tmp)
-            cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
-                   str(self.dir / tag), "--output_folder", str(tmp), "--num_extract_workers", "1",
-                   "--num_merge_workers", "1"]
+            cmd = [sys.executable, "-m", "train.checkpoint.weights_only_load_shim",
+                   "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(self.dir / tag),
+                   "--output_folder", str(tmp), "--num_extract_workers", "1", "--num_merge_workers", "1"]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"ds_to_universal failed for {self.dir / tag}:\n{proc.stderr[-4000:]}")
+            log.info("ds_to_universal: %s", proc.stderr.strip().splitlines()[-1])
             for name in (META,):
                 shutil.copy(self.dir / tag / name, tmp / name)
             (tmp / COMPLETE).write_text("ok\n")
@@ -182,10 +203,11 @@ class Checkpointer:
         """Collective: every rank calls it. The COMPLETE marker is written only after all ranks finished."""
         tag = tag_for(step)
         path = self.dir / tag
-        bad = first_nonfinite_param(engine.module)
-        if not _all_ranks_ok(bad is None):
-            raise FloatingPointError(f"refusing to write {path}: non-finite weights"
-                                     + (f" ({bad} on rank {self.rank})" if bad else " on another rank"))
+        fault_injection.poison_weights(engine.module, step)
+        bad = first_nonfinite_on_any_rank(engine.module)
+        if bad is not None:
+            raise FloatingPointError(f"refusing to write {path}: non-finite weights ({bad[0]} on rank {bad[1]}); "
+                                     "the previous checkpoint stays the latest")
         if self.rank == 0 and path.exists():
             shutil.rmtree(path)
         barrier()
@@ -231,11 +253,15 @@ class Checkpointer:
             shutil.rmtree(self.dir / (old + "_universal"), ignore_errors=True)
 
     def load(self, engine, plan: ResumePlan) -> dict[str, Any] | None:
-        """Load engine states; returns this rank's trainer state (None when the world size changed)."""
-        load_path, _ = engine.load_checkpoint(str(self.dir), tag=plan.load_tag)
+        """Load engine states, every file with weights_only=True; returns this rank's trainer state (None when
+        the world size changed)."""
+        with weights_only_loads() as loads:
+            load_path, _ = engine.load_checkpoint(str(self.dir), tag=plan.load_tag)
         if load_path is None:
             raise RuntimeError(f"DeepSpeed could not load {self.dir / plan.load_tag}")
+        log.info("%s: DeepSpeed read %d files on rank %d, all with weights_only=True", self.dir / plan.load_tag,
+                 loads.files, self.rank)
         rank_file = self.dir / plan.tag / f"trainer_state_rank{self.rank}.pt"
         if plan.universal or not rank_file.exists():
             return None
-        return torch.load(rank_file, weights_only=True)
+        return load_weights_only(rank_file)

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from train.checkpoint.weights_only_load_shim import UnsafeCheckpointError, load_weights_only
+
 EXPERT_PARAM = re.compile(r"^(?P<prefix>.+)\.experts\.(?P<w>w[123])$")
 EXPERT_WEIGHTS = ("w1", "w2", "w3")
 
@@ -39,9 +41,11 @@ class MoELayer:
 
 
 def _load(path: Path) -> dict:
-    """DeepSpeed's own files hold enums and configs besides tensors, so weights_only cannot be used."""
+    """weights_only=True plus the three DeepSpeed classes its files hold (see weights_only_load_shim)."""
     try:
-        return torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        return load_weights_only(path, map_location="cpu", mmap=True)
+    except UnsafeCheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"{path}: cannot read DeepSpeed checkpoint file ({type(e).__name__}: {e})") from e
 

@@ -1,8 +1,9 @@
 """`verify=true`: the export, loaded by transformers, gives the training model's logits on fixed inputs.
 
 The reference is independent of the exporter: the DeepSpeed engine (AutoEP, ZeRO) rebuilt from the run's
-config and loaded from the same checkpoint with DeepSpeed's own `load_checkpoint`. Inputs are fixed random
-token ids, and for Qwen3.5 also a fixed image placed between `<|vision_start|>` and `<|vision_end|>`.
+config and loaded from the same checkpoint with DeepSpeed's own `load_checkpoint` (every file weights_only=True,
+train/checkpoint/weights_only_load_shim.py). Inputs are fixed random token ids, and for Qwen3.5 also a fixed
+image placed between `<|vision_start|>` and `<|vision_end|>`.
 Collective: every rank of the checkpoint's topology runs the engine forward; rank 0 compares.
 """
 
@@ -16,6 +17,7 @@ from omegaconf import OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from train.checkpoint.hf_export import ExportSource, export_hf_config
+from train.checkpoint.weights_only_load_shim import weights_only_loads
 from train.config import PretrainConfig
 from train.models import hf_side_files
 
@@ -72,7 +74,8 @@ def training_logits(source: ExportSource, batches: list[dict], world_size: int) 
     # Another seed than training's: a checkpoint that failed to load cannot pass for the trained weights.
     model = build_model(cfg.model, hf_config, resolve_dtype(cfg.trainer.precision), cfg.trainer.seed + 1)
     engine = build_engine(cfg, model)
-    load_path, _ = engine.load_checkpoint(str(source.ckpt_dir.parent), tag=source.ckpt_dir.name)
+    with weights_only_loads():
+        load_path, _ = engine.load_checkpoint(str(source.ckpt_dir.parent), tag=source.ckpt_dir.name)
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load {source.ckpt_dir}")
     engine.eval()

@@ -27,6 +27,8 @@ from safetensors.torch import save_file
 from transformers import PretrainedConfig
 
 from train.checkpoint.ds_checkpoint_reader import DeepSpeedCheckpointReader
+from train.checkpoint.manifest import MANIFEST as CHECKPOINT_MANIFEST
+from train.checkpoint.manifest import verify_manifest
 from train.config import ModelConfig
 from train.models import hf_side_files
 from train.models.hf_adapter import expert_to_hf, family_keys, to_hf
@@ -61,13 +63,18 @@ class ExportSource:
         return self.run_config.get("model", {}).get("init_from")
 
 
-def open_source(ckpt_dir: str | Path) -> ExportSource:
-    """Check the checkpoint is complete and find its run's config and tokenizer."""
+def open_source(ckpt_dir: str | Path, check_files: bool = True) -> ExportSource:
+    """Check the checkpoint is complete and intact (its files against `manifest.json`, before anything in them is
+    unpickled; `check_files=False` skips the hashing) and find its run's config and tokenizer."""
     ckpt = Path(ckpt_dir).resolve()
     if not ckpt.is_dir():
         raise ValueError(f"checkpoint={ckpt}: no such directory")
     if not (ckpt / "COMPLETE").exists():
         raise ValueError(f"checkpoint={ckpt}: no COMPLETE marker (an interrupted save?)")
+    if check_files and (ckpt / CHECKPOINT_MANIFEST).exists():
+        problems = verify_manifest(ckpt, collective=False)  # this process alone (export reads on rank 0 only)
+        if problems:
+            raise ValueError(f"checkpoint={ckpt} is damaged:\n  " + "\n  ".join(problems))
     meta_path = ckpt / "meta.json"
     if not meta_path.exists():
         raise ValueError(f"{meta_path}: missing; it records the model family and topology")

@@ -57,8 +57,9 @@ def write_manifest(folder: Path, manifest: dict[str, dict]) -> None:
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
-def verify_manifest(folder: Path) -> list[str]:
-    """Collective: the problems found (missing manifest, missing, resized or changed files); empty when intact."""
+def verify_manifest(folder: Path, collective: bool = True) -> list[str]:
+    """The problems found (missing manifest, missing, resized or changed files); empty when intact. Collective
+    (every rank checks a slice) unless `collective=False`: then this process checks every file, alone."""
     path = folder / MANIFEST
     if not path.exists():
         return [f"{path}: missing"]
@@ -66,7 +67,7 @@ def verify_manifest(folder: Path) -> list[str]:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         return [f"{path}: unreadable ({e})"]
-    rank, world = _rank_world()
+    rank, world = _rank_world() if collective else (0, 1)
     problems = []
     for name in sorted(manifest)[rank::world]:
         f = folder / name
@@ -77,4 +78,4 @@ def verify_manifest(folder: Path) -> list[str]:
             problems.append(f"{f}: {f.stat().st_size} bytes, manifest says {entry['bytes']} (truncated?)")
         elif sha256_file(f) != entry["sha256"]:
             problems.append(f"{f}: sha256 differs from the manifest (corrupted)")
-    return sorted(p for part in _all_gather(problems) for p in part)
+    return sorted(p for part in (_all_gather(problems) if collective else [problems]) for p in part)

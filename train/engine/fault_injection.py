@@ -9,6 +9,8 @@ comma-separated list of `name@STEP` or `name@STEP:RANK` (STEP is the 1-based ste
     sigstop@K       the process SIGSTOPs itself in step K, after the forward pass (a hung rank)
     kill_in_save@K  the process SIGKILLs itself inside `Checkpointer.save` of step K, after DeepSpeed's files are
                     written and before the manifest and the COMPLETE marker
+    nan_weight@K    at the start of `Checkpointer.save` of step K, one value of this rank's share of the first
+                    parameter that has one (under ZeRO-3 its partition `ds_tensor`) becomes NaN
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 ENV = "MOE_FAULT_INJECT"
-NAMES = ("nan_loss", "sigkill", "sigstop", "kill_in_save")
+NAMES = ("nan_loss", "sigkill", "sigstop", "kill_in_save", "nan_weight")
 
 
 @dataclass(frozen=True)
@@ -75,3 +77,16 @@ def after_forward(step: int) -> None:
 def inside_save(step: int) -> None:
     if _active("kill_in_save", step):
         _signal_self(signal.SIGKILL, "SIGKILL inside Checkpointer.save", step)
+
+
+def poison_weights(module: torch.nn.Module, step: int) -> None:
+    if not _active("nan_weight", step):
+        return
+    for name, p in module.named_parameters():
+        local = getattr(p, "ds_tensor", None)
+        values = p.data if local is None else local.data
+        if values.numel():
+            values.view(-1)[0] = float("nan")
+            print(f"[fault injection] NaN written into {name} (this rank's share) at step {step} on rank "
+                  f"{os.environ.get('RANK', '0')}", file=sys.stderr, flush=True)
+            return
