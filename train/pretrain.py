@@ -52,7 +52,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
     from train.metrics.expert_load import CollapseMonitor, ExpertLoad
     from train.metrics.logger import MetricsLogger
     from train.metrics.throughput import device_peak_tflops, flops_per_token
-    from train.models.build import build_model, freeze_parameters
+    from train.models.build import build_model
 
     run_dir = Path(run_dir)
     dist_info = init_distributed(cfg.parallel.backend, cfg.parallel.timeout_s)
@@ -71,8 +71,6 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
     align_vision_token_ids(hf_config, data.tokenizer, from_scratch=cfg.model.init_from is None)
     model = build_model(cfg.model, hf_config, resolve_dtype(cfg.trainer.precision), cfg.trainer.seed,
                         dist_info.rank % cfg.parallel.ep_size, cfg.parallel.ep_size)
-    if cfg.model.frozen:
-        log.info("froze %d parameters under %s", freeze_parameters(model, list(cfg.model.frozen)), cfg.model.frozen)
     if dist_info.is_main:
         data.tokenizer.save_pretrained(run_dir / "tokenizer")
 

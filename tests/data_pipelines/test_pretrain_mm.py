@@ -12,7 +12,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 
 def test_pretrain_mm_tiny_runs_on_text_and_images(tmp_path, shared_data):
-    small = ["experiment=pretrain_mm_tiny", "data.num_documents=300", "data.num_images=120", "data.seq_len=96",
+    small = ["experiment=pretrain_mm_tiny", "data.num_documents=300", "data.num_images=120", "data.seq_len=128",
              "trainer.max_steps=4", "trainer.micro_batch_size=2", "logger.log_every=1", "logger.wandb_mode=disabled",
              "logger.progress=false", "model.hf_config.text_config.hidden_size=64",
              "model.hf_config.text_config.num_experts=8", "model.hf_config.vision_config.out_hidden_size=64"]
@@ -26,7 +26,7 @@ def test_pretrain_mm_tiny_runs_on_text_and_images(tmp_path, shared_data):
 def test_frozen_vision_tower_stays_put_while_the_language_model_trains(tmp_path, shared_data):
     import torch
 
-    small = ["experiment=pretrain_mm_tiny", "data.num_documents=300", "data.num_images=120", "data.seq_len=96",
+    small = ["experiment=pretrain_mm_tiny", "data.num_documents=300", "data.num_images=120", "data.seq_len=128",
              "trainer.max_steps=4", "trainer.micro_batch_size=2", "trainer.checkpoint_every=2", "trainer.keep_last=2",
              "logger.wandb_mode=disabled", "logger.progress=false", "model.hf_config.text_config.hidden_size=64",
              "model.hf_config.text_config.num_experts=8", "model.hf_config.vision_config.out_hidden_size=64",
@@ -44,6 +44,12 @@ def test_frozen_vision_tower_stays_put_while_the_language_model_trains(tmp_path,
     assert vision and text
     assert all(torch.equal(early[k], late[k]) for k in vision)
     assert all(not torch.equal(early[k], late[k]) for k in text)
+    # The export's verification rebuilds the training engine: it must freeze the same parameters, or the ZeRO
+    # optimizer layout differs from the checkpoint's and DeepSpeed refuses to load it.
+    export = run_pretrain(tmp_path / "export_hydra", 1, [f"checkpoint={tmp_path / 'mm' / 'checkpoints' / 'step_00000004'}",
+                                                         f"out={tmp_path / 'export'}", "export.dtype=float32",
+                                                         "verify=true"], shared_data, module="train.export")
+    assert "max |logit difference|" in export.output
 
 
 def test_a_frozen_prefix_that_matches_nothing_is_refused_by_name():

@@ -80,7 +80,9 @@ def build_model(model_cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torc
     """Random init (seeded, identical on every rank), or the `init_from` weights this EP rank owns.
 
     With `init_from` nothing is random-initialised and only this rank's experts are read and materialised
-    (`hf_import.build_rank_local`), so a rank never holds the whole model.
+    (`hf_import.build_rank_local`), so a rank never holds the whole model. `model.frozen` is applied here, so
+    every engine built from this config (training, resume, export verification) has the same trainable set and
+    hence the same ZeRO optimizer layout.
     """
     _, model_cls = FAMILIES[model_cfg.family]
     torch.manual_seed(seed)
@@ -94,6 +96,8 @@ def build_model(model_cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torc
     model.config.use_cache = False
     if model_cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if model_cfg.frozen:
+        log.info("froze %d parameters under %s", freeze_parameters(model, list(model_cfg.frozen)), model_cfg.frozen)
     return model
 
 
