@@ -97,7 +97,7 @@ def test_b_qwen3_5_ep1_zero2_round_trip_is_identical_with_mtp(case_b):
 
 def test_c_export_after_training_reproduces_training_logits_text_and_image(case_c):
     assert _max_diff(case_c["output"]) <= 1e-5
-    assert "AutoEP: 3 MoE layers, ep_size=2, ZeRO stage 2" in case_c["output"]
+    assert re.search(r"AutoEP: 3 MoE layers .*, ep_size=2, ZeRO stage 2", case_c["output"])
 
 
 def test_b_side_files_are_what_serving_stacks_read(case_b):
