@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 
 from data_pipelines.commerce_world.catalogue import Catalogue, Item
-from data_pipelines.commerce_world.vocabulary import KINDS_BY_KEY
+from data_pipelines.commerce_world.vocabulary import CITIES, KINDS_BY_KEY
 
 SYLLABLES = (
     "an ba bai bao bei bin bo can chang chen cheng chun da dan dong fang fei feng gang gao guo hai han hao he hong "
@@ -25,8 +25,16 @@ GIVEN_ZH = "明华伟芳娜敏静丽强磊军洋勇艳杰娟涛超秀霞平刚�
 STREET_ZH = "中山人民解放建设和平新华长江黄河东风胜利光明文化学府青年朝阳滨江望湖凤凰金桥银河春晖"
 
 
+_CITY_NAMES = [en.lower().replace("'", "") for en, _ in CITIES]
+
+
 def _syllable_name(rng: random.Random, parts: int) -> str:
-    return "".join(rng.choice(SYLLABLES) for _ in range(parts)).capitalize()
+    """A random pinyin-like name; never one that contains a city ("Jinan" = "jin" + "an"), or held-out cities
+    would leak into training text."""
+    while True:
+        name = "".join(rng.choice(SYLLABLES) for _ in range(parts))
+        if not any(city in name for city in _CITY_NAMES):
+            return name.capitalize()
 
 
 def _person(rng: random.Random, lang: str) -> tuple[str, str]:
@@ -72,4 +80,43 @@ def order_records(catalogue: Catalogue, n: int, seed: int, split: str) -> list[d
         sep = "" if lang == "zh" else " "
         text = sep.join([head, *(first for first, _ in pairs), *(again for _, again in pairs)])
         out.append({"id": f"record-{split}-{k:05d}-{lang}", "text": text})
+    return out
+
+
+def _random_value(rng: random.Random, catalogue: Catalogue, lang: str) -> str:
+    """One thing an assistant copies from a conversation: an id, a time, a price, a name, a city, a shop."""
+    pick = rng.randrange(7)
+    if pick == 0:
+        return f"{rng.choice('OI')}{rng.randint(1000, 9999)}"
+    if pick == 1:
+        return f"{rng.randint(0, 23):02d}:{rng.choice(['00', '10', '15', '30', '40', '50'])}"
+    if pick == 2:
+        return str(rng.randint(1, 999))
+    if pick == 3:
+        return _person(rng, lang)[0]
+    if pick == 4:
+        city = rng.choice(catalogue.cities)
+        return city.zh if lang == "zh" else city.en
+    if pick == 5:
+        shop = rng.choice(catalogue.shops)
+        return shop.zh if lang == "zh" else shop.en
+    return _syllable_name(rng, rng.randint(2, 4))
+
+
+def readback_drills(catalogue: Catalogue, n: int, seed: int, split: str) -> list[dict]:
+    """`n` read-back documents: a list of random values, then the same list read back.
+
+    A copy drill: a tiny model trained only on natural text does not form the attention pattern that copies a
+    span it has seen (an "induction head") within a CPU budget, while a dense dose of exact repeats forms it in
+    ~100 steps; fine-tuning then uses it to copy ids, times and held-out names from the conversation.
+    """
+    rng = random.Random(f"readback-{seed}-{split}")
+    out = []
+    for k in range(n):
+        lang = "en" if k % 2 == 0 else "zh"
+        values = [_random_value(rng, catalogue, lang) for _ in range(rng.randint(8, 20))]
+        sep = "、" if lang == "zh" else ", "
+        listed = sep.join(values)
+        text = f"核对信息:{listed}。复述:{listed}。" if lang == "zh" else f"Check these details: {listed}. Read back: {listed}."
+        out.append({"id": f"readback-{split}-{k:05d}-{lang}", "text": text})
     return out

@@ -188,3 +188,22 @@ def test_cli_writes_a_world_and_names_bad_arguments(tmp_path):
     assert bad.returncode != 0 and "dialogs" in bad.stderr
     missing = subprocess.run(cmd[:3] + ["seed=1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "Missing mandatory value: out" in missing.stderr
+
+
+def test_copy_material_repeats_exactly_what_it_lists(worlds):
+    """Read-back drills repeat their list verbatim and order records name each order id twice."""
+    import re
+
+    root = worlds["a"]
+    drills = _jsonl(root / "pretrain" / "readback_train.jsonl")
+    meta = json.loads((root / "world.json").read_text())
+    assert len(drills) == meta["counts"]["pretrain_readback_train"] == 6000
+    for d in drills[:200]:
+        m = re.fullmatch(r"Check these details: (.+)\. Read back: (.+)\.", d["text"]) or re.fullmatch(
+            r"核对信息:(.+)。复述:(.+)。", d["text"])
+        assert m and m.group(1) == m.group(2), d
+    records = [r for r in _jsonl(root / "pretrain" / "text_train.jsonl") if r["id"].startswith("record-")]
+    assert len(records) == 6000
+    for r in records[:200]:
+        ids = re.findall(r"O\d{4}", r["text"])
+        assert ids and all(ids.count(i) == 2 for i in ids), r
