@@ -20,7 +20,6 @@ class WorldConfig:
     test_cities: int = 6
     shops_per_category: int = 3
     pretrain_records: int = 6000  # order records in pretrain/text_train.jsonl (a tenth in validation)
-    pretrain_readback: int = 6000  # copy drills in pretrain/readback_train.jsonl (a tenth in validation)
     overwrite: bool = False  # replace an existing world made with different settings
 
     def content_key(self) -> dict:

@@ -8,7 +8,6 @@ Layout (paths inside jsonl files are relative to the world folder):
   images/I####.png                 one product image per item
   image_qa/{split}.jsonl           colour/shape questions with a closed answer set
   pretrain/text_{split}.jsonl      shop descriptions, captions and order records (train/validation entities)
-  pretrain/readback_{split}.jsonl    copy drills: random details, then read back (records.readback_drills)
   pretrain/image_text_{split}.jsonl image-caption pairs
 """
 
@@ -27,7 +26,7 @@ from data_pipelines.commerce_world.config import WorldConfig
 from data_pipelines.commerce_world.corpus import image_text_pairs, text_documents
 from data_pipelines.commerce_world.dialogs import write_dialog
 from data_pipelines.commerce_world.images import draw_item, image_questions
-from data_pipelines.commerce_world.records import order_records, readback_drills
+from data_pipelines.commerce_world.records import order_records
 from data_pipelines.commerce_world.scenarios import draw_scenarios
 from data_pipelines.commerce_world.tools import tool_schemas
 
@@ -78,9 +77,6 @@ def _build(cfg: WorldConfig, root: Path) -> dict:
         pairs = image_text_pairs(part, image_path)
         _write_jsonl(root / "pretrain" / f"image_text_{split}.jsonl", pairs)
         counts[f"pretrain_text_{split}"] = len(docs)
-        n_drills = cfg.pretrain_readback if split == "train" else max(1, cfg.pretrain_readback // 10)
-        _write_jsonl(root / "pretrain" / f"readback_{split}.jsonl", readback_drills(part, n_drills, cfg.seed, split))
-        counts[f"pretrain_readback_{split}"] = n_drills
         counts[f"image_text_{split}"] = len(pairs)
     return counts
 
