@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import ROOT, _free_port, subprocess_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    env = {**subprocess_env(), "SKIP_SETUP": "1", "MOE_ROOT": str(root), "NPROC": "2", "MASTER_PORT": "29631",
+    env = {**subprocess_env(), "SKIP_SETUP": "1", "MOE_ROOT": str(root), "NPROC": "2", "MASTER_PORT": str(_free_port()),
            "WORLD_ARGS": "train_dialogs=160 validation_dialogs=20 test_scenarios=6",
            "PRETRAIN_ARGS": "trainer.max_steps=6 trainer.checkpoint_every=6 logger.log_every=1",
            "SFT_ARGS": "trainer.max_steps=8 trainer.checkpoint_every=8 logger.log_every=1 optim.warmup_steps=2",
