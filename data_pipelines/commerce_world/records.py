@@ -81,4 +81,3 @@ def order_records(catalogue: Catalogue, n: int, seed: int, split: str) -> list[d
         text = sep.join([head, *(first for first, _ in pairs), *(again for _, again in pairs)])
         out.append({"id": f"record-{split}-{k:05d}-{lang}", "text": text})
     return out
-
