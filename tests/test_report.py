@@ -71,6 +71,8 @@ def _summary(success: float, kinds: dict[str, float], image: tuple[float, float]
          "wall_s": 30.0}
     if image is not None:
         s["image_qa_acc_with_image"], s["image_qa_acc_without_image"] = image
+        s.update(reference_digit_acc=0.4, reference_assistant_token_acc=0.9, reference_dialogs=4,
+                 reference_digits=100)
     return s
 
 
@@ -134,6 +136,8 @@ def test_report_json_numbers_match_the_inputs(report):
     assert data["baseline"]["image_qa_acc_with_image"] is None  # text-only: null in JSON, n/a in the tables
     assert data["baseline"]["image_qa_acc_without_image"] is None
     assert data["eval"]["success_by_kind"] == {"order": 1.0, "refund": 0.5, "sold_out": 0.5}
+    assert data["eval"]["reference_digit_acc"] == 0.4 and data["eval"]["reference_digits"] == 100
+    assert "reference_digit_acc" not in data["baseline"]
 
 
 def _image(path: Path) -> np.ndarray:
@@ -173,6 +177,10 @@ def test_report_md_tables_and_na(report):
     assert rows["success[sold_out]"] == ["n/a", "0.500"]
     assert rows["terms_shown_rate"] == ["n/a", "0.900"]
     assert rows["pass^2"] == ["0.000", "0.375"]
+    assert rows["reference_digit_acc"] == ["n/a", "0.400"]
+    assert rows["reference_dialogs"] == ["n/a", "4"]
+    assert "Copying from the context (eval): 40.0% of the digits" in md
+    assert "Copying from the context (baseline)" not in md
     assert "Image questions (baseline): n/a with the image, n/a with it blanked" in md
     assert "Image questions (eval): 80.0% with the image, 30.0% with it blanked" in md
     assert "Task success on held-out scenarios: baseline 0.0%, eval 75.0%" in md

@@ -345,6 +345,8 @@ class CommerceEvalConfig:
     render_tools: bool = False
     image_qa: bool = True
     image_qa_limit: int | None = None
+    # Teacher-forced accuracy on the split's reference dialogs (assistant tokens; digits = copying); 0: off.
+    reference_limit: int | None = None
 
 
 @dataclass

@@ -33,7 +33,7 @@ def format_table(summary: dict[str, Any]) -> str:
     rows = [(k, summary.get(k)) for k in TABLE_KEYS if k in summary]
     rows += [(f"success[{kind}]", v) for kind, v in summary.get("success_by_kind", {}).items()]
     rows += [(k, v) for k, v in summary.items() if k.startswith("pass^")]
-    rows += [(k, v) for k, v in summary.items() if k.startswith("image_qa")]
+    rows += [(k, v) for k, v in summary.items() if k.startswith("image_qa") or k.startswith("reference_")]
     width = max(len(k) for k, _ in rows)
     lines = [f"{'metric':<{width}}  value", "-" * (width + 10)]
     for k, v in rows:
@@ -78,6 +78,11 @@ def evaluate_model(cfg: EvaluateConfig | DictConfig) -> dict[str, Any]:
     summary = summarize(scores)
     summary["wall_s"] = time.perf_counter() - t0
     summary["processes"] = state.num_processes
+    if ev.reference_limit != 0:
+        from train.eval.reference_dialogs import evaluate_reference_dialogs
+
+        summary.update(evaluate_reference_dialogs(model, tokenizer, ev.world_dir, ev.split, ev.reference_limit,
+                                                  family == "qwen3_5_moe", ev.render_tools, state))
     if ev.image_qa and family == "qwen3_5_moe":
         from train.eval.image_qa import evaluate_image_qa
 

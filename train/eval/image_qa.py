@@ -19,17 +19,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from data_pipelines.collate import Collator
 from data_pipelines.encode import Encoder, EncodeSpec
 from data_pipelines.images import ImageSpec
-from data_pipelines.packing import IGNORE_INDEX, pack_samples
+from data_pipelines.packing import IGNORE_INDEX
+from train.eval.teacher_forcing import teacher_forced
 
 
 def _choice_logprob(model: PreTrainedModel, collate: Collator, encoder: Encoder, record: dict, pad_id: int,
                     origin: str) -> float:
     (sample,) = encoder(json.dumps(record), origin)
-    rows = pack_samples([sample], len(sample["input_ids"]), "per_document", pad_id)
-    batch = collate(rows)
-    inputs = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch["inputs"].items()}
-    logits = model(**inputs, use_cache=False).logits[0, :-1].float()
-    labels = batch["labels"][0, 1:].to(logits.device)
+    logits, labels = teacher_forced(model, collate, sample, pad_id)
     keep = labels != IGNORE_INDEX
     logp = torch.log_softmax(logits[keep], dim=-1).gather(-1, labels[keep, None])
     return float(logp.sum())

@@ -49,6 +49,10 @@ def render(numbers: dict[str, Any], eval_names: list[str], score_rows: list[tupl
             e = numbers[name]
             out.append(f"- Image questions ({name}): {_percent(e['image_qa_acc_with_image'])} with the image, "
                        f"{_percent(e['image_qa_acc_without_image'])} with it blanked")
+            if e.get("reference_digit_acc") is not None:
+                out.append(f"- Copying from the context ({name}): {_percent(e['reference_digit_acc'])} of the digits "
+                           f"(ids, prices, times) in held-out reference dialogs predicted, "
+                           f"{_percent(e.get('reference_assistant_token_acc'))} of all assistant tokens")
     for name, s in stages.items():
         out.append(f"- Stage `{name}`: {s['steps']} steps, final loss {format_value(s['final_loss'])}, "
                    f"{_rate(s['tokens_per_s'])} tokens/s, MFU {_percent(s['mfu'])}, "

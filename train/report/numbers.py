@@ -85,13 +85,14 @@ def stage_numbers(stage: StageRun, wall_s: float | None) -> dict[str, Any]:
 
 
 def eval_numbers(result: dict[str, Any]) -> dict[str, Any]:
-    """The headline metrics (None when absent) plus success per kind, pass^k and any other image-QA values."""
+    """The headline metrics (None when absent) plus success per kind, pass^k, any other image-QA values and the
+    reference-dialog accuracies."""
     summary = result["summary"]
     out: dict[str, Any] = {"model_path": result.get("model_path")}
     for key in EVAL_HEADLINE + EVAL_EXTRA:
         out[key] = summary.get(key)
     out["success_by_kind"] = dict(summary.get("success_by_kind") or {})
-    out.update({k: v for k, v in summary.items() if k.startswith("pass^") or k.startswith("image_qa")})
+    out.update({k: v for k, v in summary.items() if k.startswith(("pass^", "image_qa", "reference_"))})
     return out
 
 
@@ -107,7 +108,8 @@ def build_numbers(stages: list[StageRun], evals: dict[str, dict[str, Any]],
 
 def score_table(numbers: dict[str, dict[str, Any]], names: list[str]) -> list[tuple[str, list[Any]]]:
     """Rows (metric, one value per evaluation) in train/evaluate.py's order: headline metrics, success per
-    scenario kind, pass^k, image QA. The union over evaluations; a value one of them lacks is None."""
+    scenario kind, pass^k, image QA, reference-dialog accuracy. The union over evaluations; a value one of them
+    lacks is None."""
     from train.evaluate import TABLE_KEYS
 
     evals = [numbers[n] for n in names]
@@ -120,6 +122,8 @@ def score_table(numbers: dict[str, dict[str, Any]], names: list[str]) -> list[tu
     image = list(EVAL_HEADLINE[4:]) + sorted({k for e in evals for k in e if k.startswith("image_qa")}
                                               - set(EVAL_HEADLINE))
     rows += [(k, [e.get(k) for e in evals]) for k in image]
+    reference = sorted({k for e in evals for k in e if k.startswith("reference_")})
+    rows += [(k, [e.get(k) for e in evals]) for k in reference]
     return rows
 
 

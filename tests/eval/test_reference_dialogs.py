@@ -1,0 +1,84 @@
+"""Teacher-forced scoring of the reference dialogs: a model that always predicts the next token scores 1, one
+that never writes a digit scores 0 on digits, and the digits counted are exactly those the assistant wrote."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+from accelerate import PartialState
+
+from data_pipelines.commerce_world.catalogue import build_catalogue
+from data_pipelines.commerce_world.dialogs import write_dialog
+from data_pipelines.commerce_world.scenarios import draw_scenarios
+from data_pipelines.tokenizer import train_bpe_tokenizer
+from train.eval.reference_dialogs import digit_token_ids, evaluate_reference_dialogs
+
+
+class _Fixed(torch.nn.Module):
+    """A stand-in model: `next_token(input_ids)` decides each position's prediction."""
+
+    def __init__(self, vocab: int, next_token) -> None:
+        super().__init__()
+        self.vocab, self.next_token = vocab, next_token
+        self.device = torch.device("cpu")
+
+    def forward(self, input_ids: torch.Tensor, **_: object) -> SimpleNamespace:
+        return SimpleNamespace(logits=torch.nn.functional.one_hot(self.next_token(input_ids), self.vocab).float())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    cat = build_catalogue(seed=3)
+    dialogs = [write_dialog(sc, cat) for sc in draw_scenarios(cat, "test", 12, seed=3)]
+    root = tmp_path_factory.mktemp("world")
+    (root / "dialogs").mkdir()
+    (root / "dialogs" / "test.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dialogs))
+    texts = [m.get("content") or json.dumps(m.get("tool_calls"), ensure_ascii=False) for d in dialogs
+             for m in d["messages"]]
+    tok = train_bpe_tokenizer(texts, 600, root / "tok", chat_template="qwen3_5_nothink")
+    return root, dialogs, tok
+
+
+def _assistant_digits(dialogs: list[dict]) -> int:
+    """Digits the assistant wrote: in its texts and in its tool calls' argument values."""
+    n = 0
+    for d in dialogs:
+        for m in d["messages"]:
+            if m["role"] != "assistant":
+                continue
+            n += sum(c.isdigit() for c in m.get("content") or "")
+            for call in m.get("tool_calls") or []:
+                n += sum(c.isdigit() for v in call["function"]["arguments"].values() for c in str(v))
+    return n
+
+
+def _score(world, next_token) -> dict:
+    root, _, tok = world
+    model = _Fixed(len(tok), next_token)
+    return evaluate_reference_dialogs(model, tok, str(root), "test", None, mrope=True, render_tools=False,
+                                      state=PartialState(cpu=True))
+
+
+def test_digit_tokens_are_the_ten_digits(world) -> None:
+    _, _, tok = world
+    assert sorted(tok.convert_ids_to_tokens(digit_token_ids(tok))) == list("0123456789")
+
+
+def test_a_model_that_knows_the_next_token_scores_one(world) -> None:
+    _, dialogs, _ = world
+    scores = _score(world, lambda ids: torch.roll(ids, -1, dims=-1))
+    assert scores["reference_assistant_token_acc"] == 1.0
+    assert scores["reference_digit_acc"] == 1.0
+    assert scores["reference_dialogs"] == len(dialogs)
+    assert scores["reference_digits"] == _assistant_digits(dialogs) > 0
+
+
+def test_a_model_that_writes_no_digits_scores_zero_on_them(world) -> None:
+    _, _, tok = world
+    space = tok.convert_tokens_to_ids("Ġ")
+    scores = _score(world, lambda ids: torch.full_like(ids, space))
+    assert scores["reference_digit_acc"] == 0.0
+    assert 0.0 < scores["reference_assistant_token_acc"] < 0.5
