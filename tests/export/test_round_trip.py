@@ -22,6 +22,7 @@ import torch
 
 from tests.conftest import ROOT, run_pretrain
 from tests.export.hf_folders import CI_TINY_RUN, QWEN3_5, read_all, save_random_hf
+from train.checkpoint.manifest import verify_manifest
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -132,10 +133,11 @@ def test_b_index_shards_and_manifest(case_b):
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) == case_b["result"]["shards"] > 1
     assert shards == sorted(p.name for p in out.glob("model-*-of-*.safetensors"))
-    manifest = json.loads((out / "manifest.json").read_text())["files"]
+    manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest) == {p.name for p in out.iterdir() if p.name != "manifest.json"}
     for name, entry in manifest.items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"], name
+    assert verify_manifest(out, collective=False) == []  # the same format and check as a checkpoint's
 
 
 KILL_AFTER_SECOND_SHARD = """

@@ -9,7 +9,6 @@ folder with them is complete and an export killed midway leaves only a temp fold
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -27,8 +26,7 @@ from safetensors.torch import save_file
 from transformers import PretrainedConfig
 
 from train.checkpoint.ds_checkpoint_reader import DeepSpeedCheckpointReader
-from train.checkpoint.manifest import MANIFEST as CHECKPOINT_MANIFEST
-from train.checkpoint.manifest import verify_manifest
+from train.checkpoint.manifest import MANIFEST, build_manifest, verify_manifest, write_manifest
 from train.config import ModelConfig
 from train.models import hf_side_files
 from train.models.hf_adapter import expert_to_hf, family_keys, to_hf
@@ -37,7 +35,6 @@ from train.models.hf_import import shard_index
 log = logging.getLogger(__name__)
 
 INDEX = "model.safetensors.index.json"
-MANIFEST = "manifest.json"
 _LAYER = re.compile(r"\.layers\.(\d+)\.")
 
 
@@ -71,7 +68,7 @@ def open_source(ckpt_dir: str | Path, check_files: bool = True) -> ExportSource:
         raise ValueError(f"checkpoint={ckpt}: no such directory")
     if not (ckpt / "COMPLETE").exists():
         raise ValueError(f"checkpoint={ckpt}: no COMPLETE marker (an interrupted save?)")
-    if check_files and (ckpt / CHECKPOINT_MANIFEST).exists():
+    if check_files and (ckpt / MANIFEST).exists():
         problems = verify_manifest(ckpt, collective=False)  # this process alone (export reads on rank 0 only)
         if problems:
             raise ValueError(f"checkpoint={ckpt} is damaged:\n  " + "\n  ".join(problems))
@@ -186,20 +183,6 @@ def mtp_tensors(init_from: str | None) -> Iterator[tuple[str, torch.Tensor]]:
                 yield name, f.get_tensor(name)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_manifest(folder: Path) -> None:
-    files = {p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
-             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
-    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=2) + "\n")
-
-
 def warn_if_upcast(layout: str, weight_dtype: torch.dtype, dtype: torch.dtype) -> bool:
     """ZeRO-1/2 checkpoints are read from the module weights (training dtype), not the optimizer's fp32 masters.
 
@@ -251,7 +234,7 @@ def export_checkpoint(ckpt_dir: str | Path, out: str | Path, dtype: torch.dtype 
             {"checkpoint": str(source.ckpt_dir), "step": source.meta.get("step"),
              "topology": source.meta.get("topology"), "layout": reader.layout}, indent=2) + "\n")
         writer.finish()
-        write_manifest(tmp)
+        write_manifest(tmp, build_manifest(tmp, exclude={MANIFEST}, collective=False))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

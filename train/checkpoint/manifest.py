@@ -42,13 +42,14 @@ def payload_files(folder: Path, exclude: set[str]) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name not in exclude)
 
 
-def build_manifest(folder: Path, exclude: set[str]) -> dict[str, dict]:
-    """Collective: every rank hashes a slice of the files; every rank gets the whole manifest."""
-    rank, world = _rank_world()
+def build_manifest(folder: Path, exclude: set[str], collective: bool = True) -> dict[str, dict]:
+    """Collective (every rank hashes a slice of the files; every rank gets the whole manifest) unless
+    `collective=False`: then this process hashes every file, alone."""
+    rank, world = _rank_world() if collective else (0, 1)
     names = payload_files(folder, exclude)
     mine = {n: {"sha256": sha256_file(folder / n), "bytes": (folder / n).stat().st_size} for n in names[rank::world]}
     manifest: dict[str, dict] = {}
-    for part in _all_gather(mine):
+    for part in _all_gather(mine) if collective else [mine]:
         manifest.update(part)
     return manifest
 
