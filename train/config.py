@@ -52,7 +52,7 @@ class ParallelConfig:
     # (parameters and checkpoints keep the separate layout).
     gate_up_impl: str = "separate"
     # AutoEP expert path at EP=1: "auto" runs train/models/autoep_local_experts.py (sort once, per-expert GEMMs on
-    # contiguous rows; outputs and gradients bitwise equal to upstream's) while the experts are on the CPU,
+    # contiguous rows; outputs and gradients equal to upstream's up to float32 rounding) while the experts are on the CPU,
     # "local_loop" always, "upstream" never (DeepSpeed's padded torch._grouped_mm path).
     experts_impl: str = "auto"
 

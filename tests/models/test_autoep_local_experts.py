@@ -1,5 +1,9 @@
-"""Shim 4 (train/models/autoep_local_experts.py): the local expert loop gives bitwise the logits, losses and
-gradients of DeepSpeed's own AutoEP path, and upstream still pads (when that test fails, reconsider the shim).
+"""Shim 4 (train/models/autoep_local_experts.py): the local expert loop gives the logits, losses and gradients
+of DeepSpeed's own AutoEP path up to float32 rounding (bitwise on some CPUs; on an AMD EPYC the GEMM rounds the
+unpadded rows one ulp differently), and upstream still pads (when that test fails, reconsider the shim).
+
+The tolerances are a few ulps, far below any real difference: a dropped expert, a wrong routing weight or a
+missed gradient changes values at 1e-3 and more.
 
 The reference is the same model through upstream's `AutoEPMoELayer._forward` (`parallel.experts_impl=upstream`),
 which tests/engine/test_autoep_matches_transformers.py ties to transformers' own model.
@@ -40,7 +44,7 @@ def _loss_and_grads(overrides: list[str], model: torch.nn.Module, ids: torch.Ten
 
 
 @pytest.mark.parametrize("overrides", [TINY_QWEN3, QWEN3_5], ids=["qwen3_moe", "qwen3_5_moe"])
-def test_local_loop_equals_upstream_bitwise(overrides):
+def test_local_loop_equals_upstream_to_float32_rounding(overrides):
     from deepspeed.module_inject.auto_ep_layer import AutoEPMoELayer
 
     from train.models.build import build_hf_config, build_model
@@ -56,11 +60,12 @@ def test_local_loop_equals_upstream_bitwise(overrides):
 
     layers = [m for m in engine.module.modules() if isinstance(m, AutoEPMoELayer)]
     assert layers and all("_forward" in vars(m) for m in layers)  # the local path really ran
-    assert torch.equal(logits, ref_logits)
-    assert torch.equal(loss, ref_loss)
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=0.0)
     assert grads.keys() == ref_grads.keys()
     assert any(".experts.w1" in n for n in grads)
-    unequal = [n for n in grads if not torch.equal(grads[n], ref_grads[n])]
+    unequal = [n for n in grads if not torch.allclose(grads[n], ref_grads[n], rtol=1e-5,
+                                                      atol=1e-6 * float(ref_grads[n].abs().max()))]
     assert unequal == []
 
 
