@@ -208,7 +208,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if args.device == "cpu" else "cuda")
-    from train.engine.distributed import init_distributed
+    from train.engine.distributed import destroy_process_group_at_exit, init_distributed
 
     init_distributed("gloo" if args.device == "cpu" else "nccl")
     if args.threads:
@@ -237,6 +237,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"wrote {out}")
+    destroy_process_group_at_exit()
 
 
 if __name__ == "__main__":

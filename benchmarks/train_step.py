@@ -106,7 +106,11 @@ def main() -> None:
     ap.add_argument("--extra", default="", help="extra Hydra overrides, space separated")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
-    from train.engine.distributed import configure_accelerator_env, init_distributed
+    from train.engine.distributed import (
+        configure_accelerator_env,
+        destroy_process_group_at_exit,
+        init_distributed,
+    )
 
     configure_accelerator_env(".cache")
     dist_info = init_distributed("auto")
@@ -134,6 +138,7 @@ def main() -> None:
                                    "threads": torch.get_num_threads(), "machine": platform.machine(),
                                    "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "rows": rows}, indent=2))
         print(f"wrote {out}")
+    destroy_process_group_at_exit()
 
 
 if __name__ == "__main__":

@@ -101,8 +101,11 @@ def evaluate_model(cfg: EvaluateConfig | DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path="../configs", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from train.engine.distributed import destroy_process_group_at_exit
+
     logging.getLogger().setLevel(logging.INFO)
     evaluate_model(cfg)
+    destroy_process_group_at_exit()
 
 
 if __name__ == "__main__":

@@ -67,8 +67,11 @@ def export(cfg: ExportConfig | DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path="../configs", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from train.engine.distributed import destroy_process_group_at_exit
+
     logging.getLogger().setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
     result = export(cfg)
+    destroy_process_group_at_exit()
     if result:
         log.info("export done: %s", result)
 

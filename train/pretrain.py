@@ -129,13 +129,14 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from train.engine.distributed import adopt_slurm_rank_env
+    from train.engine.distributed import adopt_slurm_rank_env, destroy_process_group_at_exit
 
     adopt_slurm_rank_env()  # under srun (one task per GPU): rank and world size from Slurm, before validation
     run_dir = cfg.run_dir or HydraConfig.get().runtime.output_dir
     logging.getLogger().setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
     log.debug(OmegaConf.to_yaml(cfg))
     pretrain(cfg, run_dir)
+    destroy_process_group_at_exit()
 
 
 if __name__ == "__main__":

@@ -24,8 +24,11 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from train.engine.distributed import destroy_process_group_at_exit
+
     logging.getLogger().setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
     pretrain(cfg, cfg.run_dir or HydraConfig.get().runtime.output_dir)
+    destroy_process_group_at_exit()
 
 
 if __name__ == "__main__":

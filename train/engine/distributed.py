@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import re
@@ -83,6 +84,30 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
     subgroup_timeout_shim.apply(datetime.timedelta(seconds=timeout_s))  # AutoEP's groups honour timeout_s too
     device = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def destroy_process_group_at_exit() -> None:
+    """Have the default process group destroyed when this process exits, while the interpreter is still alive.
+
+    A gloo process that exits with its group alive can abort in interpreter teardown ("terminate called without
+    an active exception", pytorch/pytorch#190489): a quarter of 2-process runs did here. Entry points call this
+    after they succeed: the later jobs of a Hydra multirun in the same process keep the group (DeepSpeed caches
+    its expert groups from it), and a failed run is not torn down (a rank inside a collective would hang in it).
+    """
+    global _destroy_at_exit
+    if not _destroy_at_exit:
+        atexit.register(_destroy_process_group)
+        _destroy_at_exit = True
+
+
+_destroy_at_exit = False
+
+
+def _destroy_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
