@@ -33,7 +33,7 @@ def format_table(summary: dict[str, Any]) -> str:
     rows = [(k, summary.get(k)) for k in TABLE_KEYS if k in summary]
     rows += [(f"success[{kind}]", v) for kind, v in summary.get("success_by_kind", {}).items()]
     rows += [(k, v) for k, v in summary.items() if k.startswith("pass^")]
-    rows += [(k, v) for k, v in summary.items() if k.startswith("image_qa") or k.startswith("reference_")]
+    rows += [(k, v) for k, v in summary.items() if k.startswith(("image_qa", "reference_"))]
     width = max(len(k) for k, _ in rows)
     lines = [f"{'metric':<{width}}  value", "-" * (width + 10)]
     for k, v in rows:

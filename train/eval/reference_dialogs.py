@@ -42,15 +42,14 @@ def evaluate_reference_dialogs(model: PreTrainedModel, tokenizer: PreTrainedToke
     local = []
     with state.split_between_processes(list(enumerate(lines))) as mine:
         for n, line in mine:
-            counts = [0, 0, 0, 0]  # assistant tokens right, assistant tokens, digits right, digits
+            counts = torch.zeros(4, dtype=torch.long)  # assistant tokens right, assistant tokens, digits right, digits
             for sample in encoder(line, f"{path}:{n + 1}"):
                 logits, labels = teacher_forced(model, collate, sample, pad)
                 keep = labels != IGNORE_INDEX
                 right = logits.argmax(-1) == labels
                 is_digit = keep & torch.isin(labels, digits)
-                counts = [c + int(v) for c, v in zip(counts, (right[keep].sum(), keep.sum(),
-                                                                right[is_digit].sum(), is_digit.sum()), strict=True)]
-            local.append(counts)
+                counts += torch.stack((right[keep].sum(), keep.sum(), right[is_digit].sum(), is_digit.sum())).cpu()
+            local.append(counts.tolist())
     results = gather_object(local) if state.num_processes > 1 else local
     right, total, digit_right, digit_total = (sum(c[i] for c in results) for i in range(4))
     return {"reference_assistant_token_acc": right / max(1, total),
