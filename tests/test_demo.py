@@ -47,6 +47,8 @@ def test_evaluation_is_spread_over_the_processes(demo):
     summary = json.loads((root / "runs" / "eval_sft.json").read_text())["summary"]
     assert summary["processes"] == 2 and summary["episodes"] == 3  # each scenario once, not once per process
     assert summary["reference_dialogs"] == 3
+    assert summary["reference_args"] > 0 and summary["reference_dialogs_without_offsets"] == 0
+    assert 0.0 <= summary["reference_arg_acc"] <= 1.0
 
 
 def test_exports_verified_and_carry_the_chat_template(demo):

@@ -72,7 +72,8 @@ def _summary(success: float, kinds: dict[str, float], image: tuple[float, float]
     if image is not None:
         s["image_qa_acc_with_image"], s["image_qa_acc_without_image"] = image
         s.update(reference_digit_acc=0.4, reference_assistant_token_acc=0.9, reference_dialogs=4,
-                 reference_digits=100)
+                 reference_digits=100, reference_arg_acc=0.5, **{"reference_arg_acc[city]": 1.0,
+                                                                 "reference_arg_acc[item_id]": 0.0})
     return s
 
 
@@ -179,8 +180,10 @@ def test_report_md_tables_and_na(report):
     assert rows["pass^2"] == ["0.000", "0.375"]
     assert rows["reference_digit_acc"] == ["n/a", "0.400"]
     assert rows["reference_dialogs"] == ["n/a", "4"]
+    assert rows["reference_arg_acc[item_id]"] == ["n/a", "0.000"]
     assert "Copying from the context (eval): 40.0% of the digits" in md
     assert "Copying from the context (baseline)" not in md
+    assert "Tool-call arguments written exactly (eval): 50.0%; city 100.0%, item_id 0.0%" in md
     assert "Image questions (baseline): n/a with the image, n/a with it blanked" in md
     assert "Image questions (eval): 80.0% with the image, 30.0% with it blanked" in md
     assert "Task success on held-out scenarios: baseline 0.0%, eval 75.0%" in md

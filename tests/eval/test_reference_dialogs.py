@@ -1,5 +1,6 @@
 """Teacher-forced scoring of the reference dialogs: a model that always predicts the next token scores 1, one
-that never writes a digit scores 0 on digits, and the digits counted are exactly those the assistant wrote."""
+that never writes a digit scores 0 on digits, and the digits counted are exactly those the assistant wrote;
+argument values score 0 exactly where they hold a digit the model gets wrong, in both tool-call formats."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from data_pipelines.commerce_world.catalogue import build_catalogue
 from data_pipelines.commerce_world.dialogs import write_dialog
 from data_pipelines.commerce_world.scenarios import draw_scenarios
 from data_pipelines.tokenizer import train_bpe_tokenizer
-from train.eval.reference_dialogs import digit_token_ids, evaluate_reference_dialogs
+from train.eval.reference_dialogs import argument_spans, digit_token_ids, evaluate_reference_dialogs
 
 
 class _Fixed(torch.nn.Module):
@@ -29,8 +30,8 @@ class _Fixed(torch.nn.Module):
         return SimpleNamespace(logits=torch.nn.functional.one_hot(self.next_token(input_ids), self.vocab).float())
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
+@pytest.fixture(scope="module", params=["qwen3_5_nothink", "qwen3"])
+def world(tmp_path_factory, request):
     cat = build_catalogue(seed=3)
     dialogs = [write_dialog(sc, cat) for sc in draw_scenarios(cat, "test", 12, seed=3)]
     root = tmp_path_factory.mktemp("world")
@@ -38,7 +39,7 @@ def world(tmp_path_factory):
     (root / "dialogs" / "test.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dialogs))
     texts = [m.get("content") or json.dumps(m.get("tool_calls"), ensure_ascii=False) for d in dialogs
              for m in d["messages"]]
-    tok = train_bpe_tokenizer(texts, 600, root / "tok", chat_template="qwen3_5_nothink")
+    tok = train_bpe_tokenizer(texts, 600, root / "tok", chat_template=request.param)
     return root, dialogs, tok
 
 
@@ -55,11 +56,27 @@ def _assistant_digits(dialogs: list[dict]) -> int:
     return n
 
 
+def _assistant_arguments(dialogs: list[dict]) -> list[tuple[str, str]]:
+    """(name, value) of every argument of the assistant's tool calls."""
+    return [(k, str(v)) for d in dialogs for m in d["messages"] if m["role"] == "assistant"
+            for call in m.get("tool_calls") or [] for k, v in call["function"]["arguments"].items()]
+
+
 def _score(world, next_token) -> dict:
     root, _, tok = world
     model = _Fixed(len(tok), next_token)
     return evaluate_reference_dialogs(model, tok, str(root), "test", None, mrope=True, render_tools=False,
                                       state=PartialState(cpu=True))
+
+
+def test_argument_spans_in_both_tool_call_formats() -> None:
+    xml = "<tool_call>\n<function=place_order>\n<parameter=item_id>\nI4705\n</parameter>\n<parameter=count>\n2\n" \
+          "</parameter>\n</function>\n</tool_call>"
+    as_json = '<tool_call>\n{"name": "search_items", "arguments": {"city": "Xi\'an, \\"old\\"", "max_price": 25}}\n' \
+              "</tool_call>"
+    assert [(n, xml[a:b]) for n, a, b in argument_spans(xml)] == [("item_id", "I4705"), ("count", "2")]
+    assert [(n, as_json[a:b]) for n, a, b in argument_spans(as_json)] == [("city", 'Xi\'an, \\"old\\"'),
+                                                                          ("max_price", "25")]
 
 
 def test_digit_tokens_are_the_ten_digits(world) -> None:
@@ -74,6 +91,31 @@ def test_a_model_that_knows_the_next_token_scores_one(world) -> None:
     assert scores["reference_digit_acc"] == 1.0
     assert scores["reference_dialogs"] == len(dialogs)
     assert scores["reference_digits"] == _assistant_digits(dialogs) > 0
+    names = {name for name, _ in _assistant_arguments(dialogs)}
+    assert {"city", "item_id", "order_id", "time"} <= names
+    assert scores["reference_args"] == len(_assistant_arguments(dialogs))
+    assert scores["reference_dialogs_without_offsets"] == 0
+    assert scores["reference_arg_acc"] == 1.0
+    assert all(scores[f"reference_arg_acc[{name}]"] == 1.0 for name in names)
+
+
+def test_an_argument_with_one_wrong_digit_is_wrong(world) -> None:
+    _, dialogs, tok = world
+    digits = torch.tensor(digit_token_ids(tok))
+    wrong_digit = dict(zip(digits.tolist(), digits.roll(1).tolist(), strict=True))
+
+    def next_but_digits_off_by_one(ids: torch.Tensor) -> torch.Tensor:
+        nxt = torch.roll(ids, -1, dims=-1)
+        return nxt.apply_(lambda t: wrong_digit.get(t, t))
+
+    scores = _score(world, next_but_digits_off_by_one)
+    assert scores["reference_digit_acc"] == 0.0
+    arguments = _assistant_arguments(dialogs)
+    for name in {n for n, _ in arguments}:
+        values = [v for n, v in arguments if n == name]
+        expected = sum(not any(c.isdigit() for c in v) for v in values) / len(values)
+        assert scores[f"reference_arg_acc[{name}]"] == pytest.approx(expected), name
+    assert scores["reference_arg_acc[city]"] == 1.0 and scores["reference_arg_acc[item_id]"] == 0.0
 
 
 def test_a_model_that_writes_no_digits_scores_zero_on_them(world) -> None:

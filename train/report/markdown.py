@@ -53,6 +53,11 @@ def render(numbers: dict[str, Any], eval_names: list[str], score_rows: list[tupl
                 out.append(f"- Copying from the context ({name}): {_percent(e['reference_digit_acc'])} of the digits "
                            f"(ids, prices, times) in held-out reference dialogs predicted, "
                            f"{_percent(e.get('reference_assistant_token_acc'))} of all assistant tokens")
+            per_argument = {k[len("reference_arg_acc["):-1]: v for k, v in e.items()
+                            if k.startswith("reference_arg_acc[")}
+            if per_argument:
+                out.append(f"- Tool-call arguments written exactly ({name}): {_percent(e['reference_arg_acc'])}; "
+                           + ", ".join(f"{k} {_percent(v)}" for k, v in sorted(per_argument.items())))
     for name, s in stages.items():
         out.append(f"- Stage `{name}`: {s['steps']} steps, final loss {format_value(s['final_loss'])}, "
                    f"{_rate(s['tokens_per_s'])} tokens/s, MFU {_percent(s['mfu'])}, "
