@@ -139,10 +139,23 @@ def _source_texts(cfg: DataConfig):
     return texts
 
 
+def _file_stamps(path: str) -> list[tuple[str, int, int]]:
+    """(file, size, mtime) of every local file behind a source path; nothing for a hub name."""
+    import glob
+
+    found = [Path(p) for p in sorted(glob.glob(path))] or ([Path(path)] if Path(path).exists() else [])
+    files = [f for p in found for f in ([p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file()))]
+    return [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+
+
 def _source_tokenizer(cfg: DataConfig, data_dir: Path) -> PreTrainedTokenizerBase:
+    """The BPE trained on the sources, cached under a key of their paths and file stamps: a regenerated source
+    (a new world at the same path) gets a new tokenizer, not the stale one."""
     import hashlib
 
-    key = hashlib.sha256(repr([(s.kind, s.path) for s in cfg.sources] + list(cfg.tokenizer_texts)).encode()).hexdigest()[:10]
+    paths = [s.path for s in cfg.sources] + list(cfg.tokenizer_texts)
+    key_parts = [(s.kind, s.path) for s in cfg.sources] + list(cfg.tokenizer_texts) + [_file_stamps(p) for p in paths]
+    key = hashlib.sha256(repr(key_parts).encode()).hexdigest()[:10]
     cache = data_dir / "generated" / f"tokenizer-bpe{cfg.vocab_size}-{cfg.chat_template}-{key}"
     return load_or_train_tokenizer(cfg.tokenizer, None, cfg.vocab_size, cache, chat_template=cfg.chat_template,
                                    texts=_source_texts(cfg))

@@ -1,7 +1,7 @@
 """Pretraining material from the catalogue: shop descriptions and captions as text, and image-caption pairs.
 
-Only the given catalogue's entities appear, so building it from the train split keeps held-out shops, items
-and cities out of pretraining.
+Only the given catalogue's entities appear, so building it from the train split keeps held-out shops and items
+out of pretraining (held-out city names reach it only as delivery addresses, see records.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ Layout (paths inside jsonl files are relative to the world folder):
   dialogs/{split}.jsonl            OpenAI `messages` + `tools` (test: the oracle's reference dialogs)
   images/I####.png                 one product image per item
   image_qa/{split}.jsonl           colour/shape questions with a closed answer set
-  pretrain/text_{split}.jsonl      shop descriptions, captions and order records (train/validation entities)
+  pretrain/text_{split}.jsonl      shop descriptions, captions and order records (train/validation shops and
+                                   items; delivery addresses in any city of the gazetteer)
   pretrain/image_text_{split}.jsonl image-caption pairs
 """
 
@@ -31,7 +32,7 @@ from data_pipelines.commerce_world.scenarios import draw_scenarios
 from data_pipelines.commerce_world.tools import tool_schemas
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -87,10 +88,14 @@ def generate_world(cfg: WorldConfig) -> Path:
     meta_path = out / "world.json"
     if meta_path.exists():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("settings") == cfg.content_key() and meta.get("format_version") == FORMAT_VERSION:
+        same_settings = meta.get("settings") == cfg.content_key()
+        if same_settings and meta.get("format_version") == FORMAT_VERSION:
             log.info("commerce world at %s is up to date", out)
             return out
-        if not cfg.overwrite:
+        if same_settings:
+            log.info("commerce world at %s was written by format_version %s; regenerating it as format_version %s",
+                     out, meta.get("format_version"), FORMAT_VERSION)
+        elif not cfg.overwrite:
             raise ValueError(f"{out} holds a commerce world made with other settings ({meta.get('settings')}); "
                              f"pass overwrite=true or another out=")
     elif out.exists() and any(out.iterdir()):

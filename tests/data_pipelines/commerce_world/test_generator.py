@@ -71,13 +71,18 @@ def test_held_out_splits_share_no_entity_with_train(worlds):
         assert sc.city in {"", *(c.city_id for c in by_split["test"].cities)}
         assert set(sc.preferences) <= test_items
         assert {o["item_id"] for o in sc.initial_orders} <= test_items
-    # nothing of a held-out city reaches training text or training images
+    # no held-out shop reaches training text; a held-out city's name only as the city of a delivery address
     train_text = "\n".join(p.read_text(encoding="utf-8") for p in (root / "pretrain").glob("*_train.jsonl"))
     train_text += (root / "dialogs" / "train.jsonl").read_text(encoding="utf-8")
     for shop in by_split["test"].shops:
         assert shop.en not in train_text and shop.zh not in train_text
+    dialogs_and_catalogue_text = (root / "dialogs" / "train.jsonl").read_text(encoding="utf-8") + "\n".join(
+        r["text"] for r in _jsonl(root / "pretrain" / "text_train.jsonl") if not r["id"].startswith("record-"))
+    records = [r["text"] for r in _jsonl(root / "pretrain" / "text_train.jsonl") if r["id"].startswith("record-")]
     for city in by_split["test"].cities:
-        assert f"{city.en}" not in train_text and city.zh not in train_text
+        assert city.en not in dialogs_and_catalogue_text and city.zh not in dialogs_and_catalogue_text
+        addresses = re.findall(rf"flat \d+, {re.escape(city.en)}\.|{city.zh}[^路]+路\d+号", "\n".join(records))
+        assert len(addresses) > 50, (city.en, len(addresses))
     assert not {r["image"] for r in _jsonl(root / "pretrain" / "image_text_train.jsonl")} & {
         r["image"] for r in _jsonl(root / "image_qa" / "test.jsonl")}
 
@@ -184,6 +189,11 @@ def test_cli_writes_a_world_and_names_bad_arguments(tmp_path):
     other = subprocess.run(cmd[:-1] + ["test_scenarios=6"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert other.returncode != 0 and "overwrite=true" in other.stderr
     assert len(_jsonl(out / "scenarios" / "test.jsonl")) == 5  # the good world is still there
+    meta = json.loads((out / "world.json").read_text())
+    (out / "world.json").write_text(json.dumps({**meta, "format_version": 1}))  # written by an older generator
+    older = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert older.returncode == 0 and "regenerating it as format_version" in older.stderr, older.stderr
+    assert json.loads((out / "world.json").read_text()) == meta
     bad = subprocess.run(cmd + ["dialogs=3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "dialogs" in bad.stderr
     missing = subprocess.run(cmd[:3] + ["seed=1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -192,8 +202,6 @@ def test_cli_writes_a_world_and_names_bad_arguments(tmp_path):
 
 def test_order_records_repeat_each_order_id(worlds):
     """Order records (pretraining copy material) name each of their order ids twice."""
-    import re
-
     records = [r for r in _jsonl(worlds["a"] / "pretrain" / "text_train.jsonl") if r["id"].startswith("record-")]
     assert len(records) == 6000
     for r in records[:200]:
