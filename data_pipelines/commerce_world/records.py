@@ -10,7 +10,8 @@ Delivery addresses are in any city of the gazetteer (`vocabulary.CITIES`), held-
 model knows the names of the world's cities, only the shops, items and conversations of held-out cities are new
 to it. Without that, a held-out city's name is a token sequence the model has never written (its Chinese name
 mostly bytes of the tokenizer), and fine-tuning teaches it to write one of the training cities instead (measured:
-0% of held-out cities written right after 900 fine-tuning steps that copy order ids 100% right).
+0% of held-out cities written right after 900 fine-tuning steps that copy order ids 100% right). Measured with
+the addresses: still 0% after 900 steps (order ids 90%), so this is needed but not sufficient.
 """
 
 from __future__ import annotations
