@@ -8,12 +8,32 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Many cities, not a handful: with only the 14 training cities of an earlier world, fine-tuning learnt to write one
+# of those 14 rather than copy the user's city into a search (0% of held-out cities right after 900 steps while
+# order ids, new in every dialog, were copied 90-100% right). Enough training cities make copying the answer.
 CITIES: list[tuple[str, str]] = [
     ("Hangzhou", "杭州"), ("Shanghai", "上海"), ("Beijing", "北京"), ("Shenzhen", "深圳"), ("Chengdu", "成都"),
     ("Wuhan", "武汉"), ("Nanjing", "南京"), ("Xi'an", "西安"), ("Suzhou", "苏州"), ("Guangzhou", "广州"),
     ("Chongqing", "重庆"), ("Tianjin", "天津"), ("Qingdao", "青岛"), ("Xiamen", "厦门"), ("Kunming", "昆明"),
     ("Changsha", "长沙"), ("Harbin", "哈尔滨"), ("Dalian", "大连"), ("Ningbo", "宁波"), ("Hefei", "合肥"),
     ("Fuzhou", "福州"), ("Jinan", "济南"), ("Zhengzhou", "郑州"), ("Lanzhou", "兰州"),
+    ("Shijiazhuang", "石家庄"), ("Taiyuan", "太原"), ("Hohhot", "呼和浩特"), ("Shenyang", "沈阳"),
+    ("Changchun", "长春"), ("Nanchang", "南昌"), ("Nanning", "南宁"), ("Haikou", "海口"), ("Guiyang", "贵阳"),
+    ("Lhasa", "拉萨"), ("Xining", "西宁"), ("Yinchuan", "银川"), ("Urumqi", "乌鲁木齐"), ("Wuxi", "无锡"),
+    ("Xuzhou", "徐州"), ("Nantong", "南通"), ("Yangzhou", "扬州"), ("Zhenjiang", "镇江"),
+    ("Wenzhou", "温州"), ("Shaoxing", "绍兴"), ("Jiaxing", "嘉兴"), ("Huzhou", "湖州"), ("Jinhua", "金华"),
+    ("Quanzhou", "泉州"), ("Foshan", "佛山"), ("Dongguan", "东莞"), ("Zhuhai", "珠海"),
+    ("Shantou", "汕头"), ("Huizhou", "惠州"), ("Jiangmen", "江门"), ("Zhanjiang", "湛江"), ("Guilin", "桂林"),
+    ("Liuzhou", "柳州"), ("Beihai", "北海"), ("Sanya", "三亚"), ("Zunyi", "遵义"),
+    ("Lijiang", "丽江"), ("Yibin", "宜宾"), ("Mianyang", "绵阳"), ("Leshan", "乐山"), ("Luoyang", "洛阳"),
+    ("Kaifeng", "开封"), ("Nanyang", "南阳"), ("Yichang", "宜昌"), ("Xiangyang", "襄阳"),
+    ("Jingzhou", "荆州"), ("Yueyang", "岳阳"), ("Hengyang", "衡阳"), ("Changde", "常德"),
+    ("Ganzhou", "赣州"), ("Jiujiang", "九江"), ("Jingdezhen", "景德镇"), ("Wuhu", "芜湖"), ("Bengbu", "蚌埠"),
+    ("Anqing", "安庆"), ("Huangshan", "黄山"), ("Yantai", "烟台"), ("Weifang", "潍坊"), ("Zibo", "淄博"),
+    ("Linyi", "临沂"), ("Weihai", "威海"), ("Jining", "济宁"), ("Baoding", "保定"), ("Tangshan", "唐山"),
+    ("Handan", "邯郸"), ("Qinhuangdao", "秦皇岛"), ("Datong", "大同"), ("Baotou", "包头"), ("Anshan", "鞍山"),
+    ("Daqing", "大庆"), ("Baoji", "宝鸡"), ("Xianyang", "咸阳"), ("Yan'an", "延安"), ("Dunhuang", "敦煌"),
+    ("Kashgar", "喀什"),
 ]
 
 # Service lines of the source material and the categories inside them (hotel and travel share a line).
@@ -82,13 +102,21 @@ SHOP_ADJECTIVES: list[tuple[str, str]] = [
     ("Cloud", "云"), ("River", "河畔"), ("Maple", "枫"), ("Pine", "松"), ("Silver", "银"), ("Coral", "珊瑚"),
     ("Orchid", "兰"), ("Bamboo", "竹"), ("Amber", "琥珀"), ("Willow", "柳"), ("Peach", "桃"), ("Lucky", "福"),
     ("Star", "星"), ("Moon", "月"), ("Spring", "春"), ("Autumn", "秋"), ("Crane", "鹤"), ("Tiger", "虎"),
+    ("Pearl", "珍珠"), ("Ruby", "红宝石"), ("Phoenix", "凤凰"), ("Dragon", "龙"), ("Lantern", "灯笼"), ("Plum", "梅"),
+    ("Cedar", "杉"), ("Crystal", "水晶"), ("Ocean", "海洋"), ("Summit", "峰"), ("Garden", "花园"), ("Sunrise", "旭日"),
+    ("Swan", "天鹅"), ("Emerald", "翡翠"), ("Happy", "开心"), ("Fortune", "富贵"),
 ]
 SHOP_NOUNS: dict[str, list[tuple[str, str]]] = {
-    "food": [("Kitchen", "厨房"), ("Canteen", "食堂"), ("Diner", "小馆"), ("Deli", "餐坊")],
-    "grocery": [("Market", "市场"), ("Grocer", "杂货铺"), ("Fresh Mart", "生鲜"), ("Pantry", "食品店")],
-    "cinema": [("Cinema", "影院"), ("Theater", "剧场"), ("Film Hall", "影厅"), ("Screens", "影城")],
-    "hotel": [("Hotel", "酒店"), ("Inn", "客栈"), ("Lodge", "旅舍"), ("Suites", "公寓")],
-    "travel": [("Rail", "铁路"), ("Express", "快线"), ("Line", "线路"), ("Trains", "动车")],
+    "food": [("Kitchen", "厨房"), ("Canteen", "食堂"), ("Diner", "小馆"), ("Deli", "餐坊"), ("Bistro", "餐厅"),
+             ("Noodle Bar", "面馆"), ("Eatery", "食府"), ("Tea House", "茶楼")],
+    "grocery": [("Market", "市场"), ("Grocer", "杂货铺"), ("Fresh Mart", "生鲜"), ("Pantry", "食品店"),
+                ("Store", "商店"), ("Farm Shop", "农场"), ("Supermart", "超市"), ("Greens", "菜铺")],
+    "cinema": [("Cinema", "影院"), ("Theater", "剧场"), ("Film Hall", "影厅"), ("Screens", "影城"),
+               ("Movies", "电影院"), ("Picture House", "影坊"), ("Playhouse", "戏院"), ("Studio", "影棚")],
+    "hotel": [("Hotel", "酒店"), ("Inn", "客栈"), ("Lodge", "旅舍"), ("Suites", "公寓"), ("Resort", "度假村"),
+              ("Guesthouse", "民宿"), ("Residence", "公馆"), ("Stay", "住宿")],
+    "travel": [("Rail", "铁路"), ("Express", "快线"), ("Line", "线路"), ("Trains", "动车"), ("Tracks", "铁道"),
+               ("Transit", "交运"), ("Shuttle", "客运"), ("Coaches", "专线")],
 }
 
 

@@ -16,7 +16,7 @@ from data_pipelines.commerce_world import WorldConfig, generate_world, load_cata
 from data_pipelines.commerce_world.images import answers
 from data_pipelines.commerce_world.scenarios import ORDER_KINDS
 from data_pipelines.commerce_world.tools.schema_check import schema_errors
-from data_pipelines.commerce_world.vocabulary import COLOURS, RULES_BY_KEY
+from data_pipelines.commerce_world.vocabulary import CITIES, COLOURS, RULES_BY_KEY
 from train.eval.commerce_env import CommerceEnv
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -52,6 +52,17 @@ def test_sizes_and_world_json(worlds):
     for rel in meta["files"]:
         assert (worlds["a"] / rel).exists(), rel
     assert len(list((worlds["a"] / "images").glob("*.png"))) == meta["counts"]["items"]
+
+
+def test_no_city_name_holds_another_and_training_has_many_cities(worlds):
+    # "Hangzhou" inside "Changzhou" would put a held-out city's name into training text; a handful of training
+    # cities lets fine-tuning learn the list instead of copying the user's city.
+    for lang in (0, 1):
+        names = [c[lang].lower() for c in CITIES]
+        assert len(set(names)) == len(names)
+        assert not [(a, b) for a in names for b in names if a != b and a in b]
+    train = load_catalogue(worlds["a"]).in_split("train")
+    assert len(train.cities) >= 80
 
 
 def test_held_out_splits_share_no_entity_with_train(worlds):
