@@ -24,7 +24,7 @@ from data_pipelines.packing import describe_packing, resolve_packing_mode
 from data_pipelines.shapes_corpus import generate_shapes_corpus
 from data_pipelines.text_corpus import generate_text_corpus
 from data_pipelines.text_dataset import MixtureSpec, PackSpec, build_mixture_dataset, build_packed_dataset
-from data_pipelines.tokenizer import load_or_train_tokenizer
+from data_pipelines.tokenizer import PRE_TOKENIZER_TAG, load_or_train_tokenizer
 from train.config import DataConfig, SourceConfig
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def _corpus_files(cfg: DataConfig, data_dir: Path) -> list[str]:
 
 
 def _tokenizer_cache(cfg: DataConfig, data_dir: Path) -> Path:
-    return data_dir / "generated" / f"tokenizer-bpe{cfg.vocab_size}-n{cfg.num_documents}-s{cfg.seed}"
+    return data_dir / "generated" / f"tokenizer-bpe{cfg.vocab_size}-n{cfg.num_documents}-s{cfg.seed}-{PRE_TOKENIZER_TAG}"
 
 
 def prepare_text_data(cfg: DataConfig, hf_config: PretrainedConfig, data_dir: Path, cache_dir: Path,
@@ -150,11 +150,12 @@ def _file_stamps(path: str) -> list[tuple[str, int, int]]:
 
 def _source_tokenizer(cfg: DataConfig, data_dir: Path) -> PreTrainedTokenizerBase:
     """The BPE trained on the sources, cached under a key of their paths and file stamps: a regenerated source
-    (a new world at the same path) gets a new tokenizer, not the stale one."""
+    (a new world at the same path) or a changed pre-tokenizer gets a new tokenizer, not the stale one."""
     import hashlib
 
     paths = [s.path for s in cfg.sources] + list(cfg.tokenizer_texts)
-    key_parts = [(s.kind, s.path) for s in cfg.sources] + list(cfg.tokenizer_texts) + [_file_stamps(p) for p in paths]
+    key_parts = ([(s.kind, s.path) for s in cfg.sources] + list(cfg.tokenizer_texts) + [_file_stamps(p) for p in paths]
+                 + [PRE_TOKENIZER_TAG])
     key = hashlib.sha256(repr(key_parts).encode()).hexdigest()[:10]
     cache = data_dir / "generated" / f"tokenizer-bpe{cfg.vocab_size}-{cfg.chat_template}-{key}"
     return load_or_train_tokenizer(cfg.tokenizer, None, cfg.vocab_size, cache, chat_template=cfg.chat_template,

@@ -8,6 +8,7 @@ its own template; one without a template gets ours.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,11 +28,16 @@ QWEN_SPECIAL_TOKENS = [
 ]
 
 
-# Pre-tokenizer of the from-scratch BPE: every space, digit and CJK character is its own piece, letter runs and
-# punctuation runs are pieces. A string then tokenises the same wherever it appears ("in Xiamen", a JSON value,
-# an option card): GPT-style " Xiamen" vs "Xiamen" pieces differ, and a tiny model cannot learn that mapping for
-# names it has never seen, so it could not copy held-out cities, shops and ids from the conversation.
-COPY_CONSISTENT_SPLIT = r"\p{Han}|[\p{L}&&[^\p{Han}]]+|\p{N}|\s|[^\s\p{L}\p{N}]+"
+# Pre-tokenizer of the from-scratch BPE: every space, digit and CJK character is its own piece, lower-case words and
+# punctuation runs are pieces, and a capitalised word is spelt letter by letter. A string then tokenises the same
+# wherever it appears ("in Xiamen", a JSON value, an option card): GPT-style " Xiamen" vs "Xiamen" pieces differ,
+# and a tiny model cannot learn that mapping for names it has never seen. Spelling names (cities, shops, people)
+# in letters makes copying one like copying an order id's digits: every piece is frequent. As whole-word BPE
+# pieces a training city was one rare token and a held-out one split into arbitrary rare pieces ("Bei", "hai"),
+# and neither was copied (measured: 0% of held-out cities after 900 fine-tuning steps). Costs ~6% more tokens.
+COPY_CONSISTENT_SPLIT = r"\p{Han}|(?<!\p{L})\p{Ll}[\p{L}&&[^\p{Han}]]*|[\p{L}&&[^\p{Han}]]|\p{N}|\s|[^\s\p{L}\p{N}]+"
+# Part of every trained-tokenizer cache key: a changed pre-tokenizer trains a new tokenizer.
+PRE_TOKENIZER_TAG = hashlib.sha256(COPY_CONSISTENT_SPLIT.encode()).hexdigest()[:8]
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike,

@@ -32,7 +32,7 @@ from data_pipelines.commerce_world.scenarios import draw_scenarios
 from data_pipelines.commerce_world.tools import tool_schemas
 
 log = logging.getLogger(__name__)
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

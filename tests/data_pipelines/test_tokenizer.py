@@ -29,3 +29,9 @@ def test_digits_and_spaces_are_single_tokens_and_text_round_trips(tok) -> None:
     pieces = tok.convert_ids_to_tokens(ids)
     assert all(len(p) == 1 for p in pieces if any(c.isdigit() for c in p))
     assert "<|im_end|>" in pieces
+
+
+def test_a_capitalised_name_is_spelt_in_letters_and_lower_case_words_stay_whole(tok) -> None:
+    """A held-out city must be copyable from pieces the model has seen often, as an order id is from digits."""
+    assert tok.convert_ids_to_tokens(tok("Beihai", add_special_tokens=False).input_ids) == list("Beihai")
+    assert tok.convert_ids_to_tokens(tok("tea", add_special_tokens=False).input_ids) == ["tea"]

@@ -14,8 +14,10 @@ from PIL import Image
 
 from data_pipelines.commerce_world import WorldConfig, generate_world, load_catalogue, load_scenarios
 from data_pipelines.commerce_world.images import answers
+from data_pipelines.commerce_world.phrases import DECLINED
 from data_pipelines.commerce_world.scenarios import ORDER_KINDS
 from data_pipelines.commerce_world.tools.schema_check import schema_errors
+from data_pipelines.commerce_world.user_simulator import UserSimulator
 from data_pipelines.commerce_world.vocabulary import CITIES, COLOURS, RULES_BY_KEY
 from train.eval.commerce_env import CommerceEnv
 
@@ -218,3 +220,21 @@ def test_order_records_repeat_each_order_id(worlds):
     for r in records[:200]:
         ids = re.findall(r"O\d{4}", r["text"])
         assert ids and all(ids.count(i) == 2 for i in ids), r
+
+
+def test_training_dialogs_answer_the_simulators_reject_words_with_no_order(worlds):
+    """After a wrong search the simulated user rejects the options; training must show that no order follows."""
+    root = worlds["a"]
+    catalogue = load_catalogue(root)
+    dialogs = _jsonl(root / "dialogs" / "train.jsonl")
+    for lang in ("en", "zh"):
+        sc = next(s for s in load_scenarios(root, "train") if s.kind == "order" and s.lang == lang)
+        reject = UserSimulator(sc, catalogue).respond("1. I0000 x\n2. I0001 y")
+        assert reject.intent == "reject"
+        after = [(d, i) for d in dialogs for i, m in enumerate(d["messages"][:-1])
+                 if m["role"] == "user" and m["content"] == reject.text]
+        assert after, (lang, reject.text)
+        for d, i in after:
+            assert d["messages"][i + 1] == {"role": "assistant", "content": DECLINED[lang]}, d["id"]
+            assert not any(c["function"]["name"] == "place_order" for m in d["messages"]
+                           for c in m.get("tool_calls", [])), d["id"]
