@@ -85,6 +85,10 @@ def normalize_dialog(record: dict[str, Any], origin: str) -> tuple[list[dict[str
                 calls.append({"type": "function", "function": {"name": fn["name"], "arguments": args}})
             if calls:
                 msg["tool_calls"] = calls
+            if m.get("weight") is not None:  # OpenAI fine-tuning format: 0 keeps a turn in context, learns nothing
+                if m["weight"] not in (0, 1) or isinstance(m["weight"], bool):
+                    raise BadRecord(origin, "malformed chat", f"messages[{i}].weight={m['weight']!r} (expected 0 or 1)")
+                msg["weight"] = m["weight"]
         if m["role"] == "system" and i != 0:
             raise BadRecord(origin, "malformed chat", f"messages[{i}] is a system message after the start")
         messages.append(msg)

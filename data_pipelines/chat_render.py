@@ -3,7 +3,9 @@
 Each assistant turn is learnt as *generation prompt + completion*: the prompt is the template's
 `add_generation_prompt` rendering of everything before the turn, and must be an exact prefix of the
 rendered dialog (checked, never assumed); the completion runs from there to the turn's `<|im_end|>`
-inclusive (assistant text, `<think>` block, tool calls). System, user and tool-result text carries no loss.
+inclusive (assistant text, `<think>` block, tool calls). System, user and tool-result text carries no loss, nor
+does an assistant turn with `"weight": 0` (OpenAI's fine-tuning format: a mistake kept as context for the recovery
+that follows it).
 Prompt and completion pieces are tokenised separately, as at inference, where the prompt is encoded and
 the completion generated.
 
@@ -82,7 +84,8 @@ def _turn(tok, messages, j: int, tools, thinking: bool, origin: str) -> _Rendere
     stop_at = text.find(IM_END, len(prompt))
     if stop_at < 0:
         raise BadRecord(origin, "template prompt mismatch", f"messages[{j}] has no {IM_END}")
-    return _Rendered(text, [(len(prompt), stop_at + len(IM_END))], messages[:j + 1])
+    spans = [] if m.get("weight") == 0 else [(len(prompt), stop_at + len(IM_END))]
+    return _Rendered(text, spans, messages[:j + 1])
 
 
 def _trimmed(messages: list[dict], j: int) -> tuple[list[dict], int]:

@@ -2,11 +2,17 @@
 `messages` (system/user/assistant with `tool_calls`/tool) plus the `tools` list.
 
 Tool-call arguments are JSON objects (what transformers chat templates expect); tool results are JSON text.
+
+A third of the training change/refund dialogs open with the order id misread: the lookup fails, the assistant
+says so and asks for the number, and looks it up again. The misread call has `"weight": 0` (kept as context, not
+learnt). A model that had never seen a tool error looped through invalid calls after one and placed orders
+nobody asked for (11 in 50 held-out scenarios of a 300-step run).
 """
 
 from __future__ import annotations
 
 import json
+import zlib
 
 from data_pipelines.commerce_world.catalogue import Catalogue
 from data_pipelines.commerce_world.oracle import OracleAgent
@@ -22,11 +28,24 @@ def tool_result_text(result: dict) -> str:
     return json.dumps(result, ensure_ascii=False, separators=(",", ":"))
 
 
+def misread_order_id(scenario: Scenario) -> str:
+    """The order id the oracle misreads first ("" for none): its digits rotated, never an order of the user."""
+    if scenario.split != "train" or scenario.kind not in ("change", "refund") or zlib.crc32(
+            scenario.scenario_id.encode()) % 3:
+        return ""
+    taken = {o["order_id"] for o in scenario.initial_orders}
+    digits = scenario.order_id[1:]
+    number = int(digits[1:] + digits[0])
+    while f"O{number}" in taken:
+        number += 1
+    return f"O{number}"
+
+
 def write_dialog(scenario: Scenario, catalogue: Catalogue) -> dict:
     """One dialog record; raises if the oracle's episode does not end in the scenario's expected orders."""
     db = new_database(scenario, catalogue)
     user = UserSimulator(scenario, catalogue, seed=0)
-    agent = OracleAgent(scenario, catalogue)
+    agent = OracleAgent(scenario, catalogue, misread_order_id(scenario))
     tools = tool_schemas()
     messages = [{"role": "system", "content": SYSTEM[scenario.lang]},
                 {"role": "user", "content": user.first_message()}]

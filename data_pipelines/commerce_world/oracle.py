@@ -2,7 +2,8 @@
 
 Protocol: ask once for exactly the missing slots; search; show 2-3 option cards with the refund/change terms
 at the top of each; place and pay for an order only after the user picked an option; on a sold-out option or
-an empty search say so and offer a way on; for changes and refunds look the order up, show its terms and the
+an empty search say so and offer a way on; on an unknown order id say so and ask for
+the number; for changes and refunds look the order up, show its terms and the
 effect, and act only after a yes. It is an agent like any other (`messages, tools -> message`), reading the
 user's choice and every id, price and time from the conversation; the goal only stands in for what it
 understood from the user's words.
@@ -23,6 +24,7 @@ from data_pipelines.commerce_world.phrases import (
     CHANGE_PROMPT,
     DECLINED,
     NO_RESULTS,
+    NOT_FOUND,
     NOTHING_DONE,
     ORDER_DONE,
     REFUND_DONE,
@@ -52,8 +54,9 @@ def _number(x: float) -> str:
 class OracleAgent:
     """Stateful per episode: create one per scenario."""
 
-    def __init__(self, scenario: Scenario, catalogue: Catalogue) -> None:
+    def __init__(self, scenario: Scenario, catalogue: Catalogue, misread_order_id: str = "") -> None:
         self.sc = scenario
+        self.misread_order_id = misread_order_id
         self.lang = scenario.lang
         city = catalogue.city_by_id.get(scenario.city)
         kind = KINDS_BY_KEY.get(scenario.item)
@@ -81,6 +84,9 @@ class OracleAgent:
         sc, lang = self.sc, self.lang
         if self.phase == "start":
             if sc.kind not in ORDER_KINDS:
+                if self.misread_order_id:
+                    self.phase = "lookup_misread"
+                    return {**call_message("get_order", {"order_id": self.misread_order_id}), "weight": 0}
                 self.phase = "lookup"
                 return call_message("get_order", {"order_id": sc.order_id})
             if sc.missing_slots:
@@ -90,6 +96,9 @@ class OracleAgent:
             return self._search()
         if self.phase == "asked":
             return self._search()
+        if self.phase == "asked_order_id":
+            self.phase = "lookup"
+            return call_message("get_order", {"order_id": sc.order_id})
         if self.phase == "no_results":
             self.budget = sc.raised_budget
             return self._search()
@@ -132,6 +141,11 @@ class OracleAgent:
             self.phase = "done"
             return text_message(ORDER_DONE[lang].format(order_id=result["order_id"], count=sc.count,
                                                         name=self.chosen["name"], time=sc.time, total=result["total"]))
+        if self.phase == "lookup_misread":
+            if "error" not in result:
+                raise RuntimeError(f"oracle: misread order id {self.misread_order_id} exists")
+            self.phase = "asked_order_id"
+            return text_message(NOT_FOUND[lang].format(order_id=self.misread_order_id))
         if self.phase == "lookup":
             self.phase = "proceed"
             if sc.kind == "change":

@@ -34,6 +34,7 @@ REFUND_PROMPT = {"en": "Terms: {terms}. Refund {order_id}: {amount} yuan back. P
                  "zh": "退改规则:{terms}。订单{order_id}退款{amount}元,是否继续?"}
 CHANGE_DONE = {"en": "Done. {order_id} is now at {time}.", "zh": "已完成,订单{order_id}改到{time}。"}
 REFUND_DONE = {"en": "Done. {order_id} refunded {amount} yuan.", "zh": "已完成,订单{order_id}已退款{amount}元。"}
+NOT_FOUND = {"en": "I can't find order {order_id}. Which order number?", "zh": "找不到订单{order_id},订单号是多少?"}
 NOTHING_DONE = {"en": "OK, nothing changed.", "zh": "好的,未做更改。"}
 
 # A declining user may use the simulator's "reject" words: after a search in the wrong city the user rejects the
@@ -51,6 +52,7 @@ _USER = {
         "reject": ["None of these fit what I asked."],
         "raise_budget": ["OK, up to {budget} yuan.", "Then up to {budget} yuan each."],
         "yes": ["Yes, go ahead.", "Yes, please."], "no": ["No, don't."],
+        "answer_order_id": ["It's {order_id}.", "{order_id}."],
         "change": ["Please change order {order_id} to {time}.", "Can you move my order {order_id} to {time}?"],
         "refund": ["I want a refund for order {order_id}.", "Please refund my order {order_id}."],
     },
@@ -65,6 +67,7 @@ _USER = {
         "reject": ["这些都不符合我的要求。"],
         "raise_budget": ["那每份最多{budget}元。", "提高到每份{budget}元。"],
         "yes": ["是的,继续。", "好的,确认。"], "no": ["不用了。"],
+        "answer_order_id": ["订单号是{order_id}。", "{order_id}。"],
         "change": ["请把订单{order_id}改到{time}。", "订单{order_id}帮我改成{time}。"],
         "refund": ["订单{order_id}我要退款。", "请帮我把订单{order_id}退款。"],
     },
@@ -97,3 +100,4 @@ SLOT_MARKERS = {"city": ("city", "城市"), "time": ("time", "时间"), "count":
 SOLD_OUT_MARKERS = ("sold out", "售罄")
 NO_RESULTS_MARKERS = ("no options", "没有")
 PROCEED_MARKERS = ("proceed?", "是否继续")
+NOT_FOUND_MARKERS = ("can't find", "找不到")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from data_pipelines.commerce_world.catalogue import Catalogue
 from data_pipelines.commerce_world.phrases import (
     NO_RESULTS_MARKERS,
+    NOT_FOUND_MARKERS,
     PROCEED_MARKERS,
     SLOT_MARKERS,
     SLOTS,
@@ -101,6 +102,8 @@ class UserSimulator:
             self.raised = True
             self.values["budget"] = self.sc.raised_budget
             return self._say("raise_budget", "raise_budget", budget=self.sc.raised_budget)
+        if _has(text, NOT_FOUND_MARKERS) and self.sc.kind in ("change", "refund"):
+            return self._say("answer", "answer_order_id", order_id=self.sc.order_id)
         if _has(text, PROCEED_MARKERS):
             return self._proceed(text)
         if ids and not ORDER_ID.search(text):

@@ -173,3 +173,17 @@ def test_template_saved_with_tokenizer(tokenizers, tmp_path):
 
     tokenizers["qwen3"].save_pretrained(tmp_path)
     assert AutoTokenizer.from_pretrained(tmp_path).chat_template == chat_template_text("qwen3")
+
+
+def test_a_weight_0_turn_stays_in_the_context_but_carries_no_loss(tokenizers):
+    tok = tokenizers["qwen3_5"]
+    dialog = json.loads(json.dumps(DIALOG))
+    dialog["messages"][4]["weight"] = 0
+    weighted, plain = _samples(tok, dialog), _samples(tok)
+    assert [s.input_ids for s in weighted] == [s.input_ids for s in plain]
+    spans = [x for s in plain for x in _loss_spans(tok, s)]
+    assert spans[1] == "Option A costs 18 yuan. Confirm?<|im_end|>"
+    assert [x for s in weighted for x in _loss_spans(tok, s)] == [spans[0], spans[2]]
+    dialog["messages"][4]["weight"] = 0.5
+    with pytest.raises(BadRecord, match=r"messages\[4\]\.weight=0\.5"):
+        _samples(tok, dialog)

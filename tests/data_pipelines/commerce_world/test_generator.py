@@ -14,7 +14,7 @@ from PIL import Image
 
 from data_pipelines.commerce_world import WorldConfig, generate_world, load_catalogue, load_scenarios
 from data_pipelines.commerce_world.images import answers
-from data_pipelines.commerce_world.phrases import DECLINED
+from data_pipelines.commerce_world.phrases import DECLINED, NOT_FOUND
 from data_pipelines.commerce_world.scenarios import ORDER_KINDS
 from data_pipelines.commerce_world.tools.schema_check import schema_errors
 from data_pipelines.commerce_world.user_simulator import UserSimulator
@@ -143,7 +143,8 @@ def test_replaying_dialogs_through_the_env_reproduces_tool_results_and_user_turn
         for d in _jsonl(root / "dialogs" / f"{split}.jsonl"):
             recorded = iter([m for m in d["messages"] if m["role"] == "assistant"])
             ep = env.run(lambda messages, tools, it=recorded: dict(next(it)), scenarios[d["id"]])
-            assert ep.messages == d["messages"], d["id"]
+            said = [{k: v for k, v in m.items() if k != "weight"} for m in d["messages"]]  # a training mark only
+            assert ep.messages == said, d["id"]
             assert ep.invalid_tool_calls == 0 and ep.unconfirmed_orders == 0
 
 
@@ -238,3 +239,26 @@ def test_training_dialogs_answer_the_simulators_reject_words_with_no_order(world
             assert d["messages"][i + 1] == {"role": "assistant", "content": DECLINED[lang]}, d["id"]
             assert not any(c["function"]["name"] == "place_order" for m in d["messages"]
                            for c in m.get("tool_calls", [])), d["id"]
+
+
+def test_some_training_lookups_fail_first_and_recover_without_learning_the_mistake(worlds):
+    """A misread order id (weight 0, not learnt) -> an error -> the assistant asks -> the user's id -> the lookup."""
+    root = worlds["a"]
+    misread = []
+    for d in _jsonl(root / "dialogs" / "train.jsonl"):
+        msgs = d["messages"]
+        for i, m in enumerate(msgs):
+            if "weight" not in m:
+                continue
+            assert m["weight"] == 0 and d["kind"] in ("change", "refund"), d["id"]
+            wrong = m["tool_calls"][0]["function"]["arguments"]["order_id"]
+            right = next(c["function"]["arguments"]["order_id"] for x in msgs[i + 1:] for c in x.get("tool_calls", []))
+            assert wrong != right and right in msgs[1]["content"]
+            assert json.loads(msgs[i + 1]["content"]) == {"error": f"unknown order_id: {wrong}"}
+            assert msgs[i + 2]["content"] == NOT_FOUND[d["lang"]].format(order_id=wrong)
+            assert msgs[i + 3]["role"] == "user" and right in msgs[i + 3]["content"]
+            assert msgs[i + 4]["tool_calls"][0]["function"] == {"name": "get_order", "arguments": {"order_id": right}}
+            misread.append(d["kind"])
+    assert set(misread) == {"change", "refund"}
+    for split in ("validation", "test"):
+        assert not any("weight" in m for d in _jsonl(root / "dialogs" / f"{split}.jsonl") for m in d["messages"])
