@@ -6,7 +6,7 @@ Tool-call arguments are JSON objects (what transformers chat templates expect); 
 A third of the training change/refund dialogs open with the order id misread: the lookup fails, the assistant
 says so and asks for the number, and looks it up again. The misread call has `"weight": 0` (kept as context, not
 learnt). A model that had never seen a tool error looped through invalid calls after one and placed orders
-nobody asked for (11 in 50 held-out scenarios of a 300-step run).
+nobody confirmed (12 in 50 held-out scenarios of a 300-step run).
 """
 
 from __future__ import annotations
