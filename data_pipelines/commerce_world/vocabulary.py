@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 # Many cities, not a handful: with 14 training cities, 900 fine-tuning steps that copied order ids 90-100% right
 # wrote a training city into every held-out search (0%), so held-out cities could not tell copying from a learnt
-# list. With 89 no list is learnt either (measured after 900 steps: 2% of training-dialog cities right, 0% held-out):
-# a city is one rare token, and copying it is not learnt in that budget the way ids of frequent digit tokens are.
+# list. With 89 and cities as one rare token each, 900 steps wrote 2% of training-dialog cities right, 0% held-out.
+# Spelt in letters (data_pipelines/tokenizer.py) they are 39% and 0%: the model copies a held-out city's first
+# letters and finishes a training city with them ("Beihai" -> "Beijing").
 CITIES: list[tuple[str, str]] = [
     ("Hangzhou", "杭州"), ("Shanghai", "上海"), ("Beijing", "北京"), ("Shenzhen", "深圳"), ("Chengdu", "成都"),
     ("Wuhan", "武汉"), ("Nanjing", "南京"), ("Xi'an", "西安"), ("Suzhou", "苏州"), ("Guangzhou", "广州"),
