@@ -1,12 +1,11 @@
 """The reference assistant: follows the protocol for one scenario; it writes the training dialogs.
 
-Protocol: ask once for exactly the missing slots; search; show 2-3 option cards with the refund/change terms
-at the top of each; place and pay for an order only after the user picked an option; on a sold-out option or
-an empty search say so and offer a way on; on an unknown order id say so and ask for
-the number; for changes and refunds look the order up, show its terms and the
-effect, and act only after a yes. It is an agent like any other (`messages, tools -> message`), reading the
-user's choice and every id, price and time from the conversation; the goal only stands in for what it
-understood from the user's words.
+Protocol: ask once for exactly the missing slots; search; show 2-3 option cards with the refund/change terms at
+the top of each; place and pay for an order only after the user picked an option; on a sold-out option or an
+empty search say so and offer a way on; on an unknown order id say so and ask for the number; for changes and
+refunds look the order up, show its terms and the effect, and act only after a yes. It is an agent like any other
+(`messages, tools -> message`), reading the user's choice and every id, price and time from the conversation; the
+goal only stands in for what it understood from the user's words.
 """
 
 from __future__ import annotations
@@ -52,7 +51,8 @@ def _number(x: float) -> str:
 
 
 class OracleAgent:
-    """Stateful per episode: create one per scenario."""
+    """Stateful per episode: create one per scenario. `misread_order_id`: a first lookup of that id instead, the
+    mistake a training dialog recovers from (sent with weight 0, so it is not learnt)."""
 
     def __init__(self, scenario: Scenario, catalogue: Catalogue, misread_order_id: str = "") -> None:
         self.sc = scenario
