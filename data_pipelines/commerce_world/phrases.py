@@ -40,6 +40,7 @@ NOTHING_DONE = {"en": "OK, nothing changed.", "zh": "好的,未做更改。"}
 # A declining user may use the simulator's "reject" words: after a search in the wrong city the user rejects the
 # options that way, and a model that never read those words in training ordered anyway (all 9 unconfirmed orders
 # in the stored transcripts of a 900-step run came right after them). No order is the answer to both.
+_REJECT = {"en": ["None of these fit what I asked."], "zh": ["这些都不符合我的要求。"]}
 _USER = {
     "en": {
         "open": ["I want {need}", "Please get me {need}", "Can you order {need}"],
@@ -48,8 +49,8 @@ _USER = {
         "answer_count": ["{count} of them.", "{count}."], "answer_budget": ["Up to {budget} yuan.", "{budget} yuan max."],
         "choose": ["Option {k}, please order it.", "I'll take option {k}. Go ahead.", "Option {k}. Yes, order it."],
         "choose_again": ["Then option {k}, please.", "OK, option {k} then."],
-        "decline": ["None of these, thanks.", "No thanks, I'll pass.", "None of these fit what I asked."],
-        "reject": ["None of these fit what I asked."],
+        "decline": ["None of these, thanks.", "No thanks, I'll pass.", *_REJECT["en"]],
+        "reject": _REJECT["en"],
         "raise_budget": ["OK, up to {budget} yuan.", "Then up to {budget} yuan each."],
         "yes": ["Yes, go ahead.", "Yes, please."], "no": ["No, don't."],
         "answer_order_id": ["It's {order_id}.", "{order_id}."],
@@ -63,8 +64,8 @@ _USER = {
         "answer_count": ["{count}份。", "要{count}份。"], "answer_budget": ["每份最多{budget}元。", "{budget}元以内。"],
         "choose": ["第{k}个,帮我下单。", "选{k},确认下单。", "就要第{k}个,下单吧。"],
         "choose_again": ["那就第{k}个吧。", "换成第{k}个。"],
-        "decline": ["都不要了,谢谢。", "算了,不用了。", "这些都不符合我的要求。"],
-        "reject": ["这些都不符合我的要求。"],
+        "decline": ["都不要了,谢谢。", "算了,不用了。", *_REJECT["zh"]],
+        "reject": _REJECT["zh"],
         "raise_budget": ["那每份最多{budget}元。", "提高到每份{budget}元。"],
         "yes": ["是的,继续。", "好的,确认。"], "no": ["不用了。"],
         "answer_order_id": ["订单号是{order_id}。", "{order_id}。"],
