@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers.models.qwen3_5.tokenization_qwen3_5 import PRETOKENIZE_REGEX as QWEN3_5_PRETOKENIZE_REGEX
 
 log = logging.getLogger(__name__)
 
@@ -28,30 +29,37 @@ QWEN_SPECIAL_TOKENS = [
 ]
 
 
-# Pre-tokenizer of the from-scratch BPE: every space, digit and CJK character is its own piece, lower-case words and
-# punctuation runs are pieces, and a capitalised word is spelt letter by letter. A string then tokenises the same
-# wherever it appears ("in Xiamen", a JSON value, an option card): GPT-style " Xiamen" vs "Xiamen" pieces differ,
-# and a tiny model cannot learn that mapping for names it has never seen. Spelling names (cities, shops, people)
-# in letters makes copying one like copying an order id's digits: every piece is frequent. As whole-word BPE
-# pieces a training city was one rare token and a held-out one split into arbitrary rare pieces ("Bei", "hai"),
-# and neither was copied (measured: 0% of held-out cities after 900 fine-tuning steps). Costs ~6% more tokens.
+# Pre-tokenizer the from-scratch BPE is trained with: every space, digit and CJK character is its own piece, lower-case
+# words and punctuation runs are pieces, and a capitalised word is split into letters. So no merge joins a name to the
+# space, quote or CJK character before it, nor a capital letter to anything: a name (city, shop, person) is made of
+# the pieces of lower-case words and tokenises the same wherever it appears ("in Xiamen", a JSON value, an option
+# card), which a tiny model needs to copy one it has never seen. GPT-style merges make " Xiamen" and "Xiamen" differ.
 COPY_CONSISTENT_SPLIT = r"\p{Han}|(?<!\p{L})\p{Ll}[\p{L}&&[^\p{Han}]]*|[\p{L}&&[^\p{Han}]]|\p{N}|\s|[^\s\p{L}\p{N}]+"
-# Part of every trained-tokenizer cache key: a changed pre-tokenizer trains a new tokenizer.
-PRE_TOKENIZER_TAG = hashlib.sha256(COPY_CONSISTENT_SPLIT.encode()).hexdigest()[:8]
+# What the saved tokenizer runs: Qwen3.5's own NFC + split, because transformers loads every qwen3_5_moe folder with
+# `Qwen3_5Tokenizer`, which rebuilds that pipeline from the vocabulary and merges and ignores tokenizer.json's (vLLM and
+# SGLang load it the same way). Saved with our split, a model was pretrained on one tokenisation and fine-tuned,
+# evaluated and served on another. With the merges above, Qwen's split gives the same pieces for a name in every context.
+# Part of every trained-tokenizer cache key, with the training split: a change trains a new tokenizer.
+PRE_TOKENIZER_TAG = hashlib.sha256((COPY_CONSISTENT_SPLIT + QWEN3_5_PRETOKENIZE_REGEX).encode()).hexdigest()[:8]
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike,
                         chat_template: str = "qwen3_5") -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE and save it (atomically), with its chat template, as a transformers tokenizer."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Train a byte-level BPE and save it (atomically), with its chat template, as a transformers tokenizer.
+
+    Trained with `COPY_CONSISTENT_SPLIT`, saved with Qwen3.5's normaliser and split (see the constants above).
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     from data_pipelines.chat_render import chat_template_text
 
+    def split(regex: str) -> pre_tokenizers.PreTokenizer:
+        return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(regex), behavior="isolated"),
+                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(COPY_CONSISTENT_SPLIT), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = split(COPY_CONSISTENT_SPLIT)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -60,6 +68,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | os
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
+    tok.pre_tokenizer = split(QWEN3_5_PRETOKENIZE_REGEX)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|endoftext|>",

@@ -31,7 +31,22 @@ def test_digits_and_spaces_are_single_tokens_and_text_round_trips(tok) -> None:
     assert "<|im_end|>" in pieces
 
 
-def test_a_capitalised_name_is_spelt_in_letters_and_lower_case_words_stay_whole(tok) -> None:
-    """A held-out city must be copyable from pieces the model has seen often, as an order id is from digits."""
-    assert tok.convert_ids_to_tokens(tok("Beihai", add_special_tokens=False).input_ids) == list("Beihai")
+def test_a_qwen3_5_moe_export_tokenises_as_training_did(tok, tmp_path) -> None:
+    """transformers loads a qwen3_5_moe folder with its own tokenizer class, which rebuilds the split from the
+    vocabulary (so do vLLM and SGLang); the saved tokenizer must give the ids training used."""
+    from transformers import AutoTokenizer, Qwen3_5MoeConfig
+
+    tok.save_pretrained(tmp_path)
+    Qwen3_5MoeConfig().save_pretrained(tmp_path)
+    served = AutoTokenizer.from_pretrained(tmp_path)
+    assert type(served).__name__ == "Qwen3_5Tokenizer"
+    text = ('Order O7982 in Hangzhou: {"city":"Beihai","time":"12:00"}\n在北海买 2 杯奶茶。  I\'ll take Harbor Deli\'s tea.'
+            "<|im_start|>assistant\n<tool_call>\n</tool_call><|im_end|>")
+    assert served(text, add_special_tokens=False).input_ids == tok(text, add_special_tokens=False).input_ids
+
+
+def test_a_capitalised_name_is_made_of_lower_case_pieces(tok) -> None:
+    """No merge starts with a capital letter, so a held-out city is built from pieces the model has seen often."""
+    pieces = tok.convert_ids_to_tokens(tok("Beihai", add_special_tokens=False).input_ids)
+    assert pieces[0] == "B" and "".join(pieces) == "Beihai"
     assert tok.convert_ids_to_tokens(tok("tea", add_special_tokens=False).input_ids) == ["tea"]
