@@ -3,6 +3,9 @@
 Every optimizer step consumes one global batch of `micro_batch * grad_accum * dp_size` rows from a seeded
 per-epoch permutation. Micro-batch `a` of rank `r` takes slot `a * dp_size + r` of that batch, so a run on
 one process with `grad_accum = k` sees exactly the rows that `k` processes see with `grad_accum = 1`.
+With `length_group_steps = k`, each span of `k` global batches of the permutation is sorted by row length
+(the width up to the last labelled token) and its global batches are shuffled, as transformers' `group_by_length`
+does: a micro-batch is cut to its longest row, so rows of similar length waste less compute on padding.
 The position is a plain dict (epoch, step) saved in every checkpoint. Rows become model inputs + labels
 through a `Collator` (data_pipelines/collate.py); each micro-batch also carries `rows`, the indices of its rows
 in the training set, so a bad step can name its samples.
@@ -17,16 +20,32 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import datasets
+import numpy as np
 import torch
 
 from data_pipelines.collate import Collator
+from data_pipelines.packing import IGNORE_INDEX
 
 TENSOR_COLUMNS = ("input_ids", "position_ids", "labels", "mm_token_type_ids")
 
 
+def labelled_widths(rows: datasets.Dataset) -> torch.Tensor:
+    """Each row's width up to its last labelled token: what the collator keeps of it in a micro-batch alone."""
+    widths = []
+    for batch in rows.select_columns(["labels"]).with_format("numpy").iter(batch_size=4096):
+        labelled = batch["labels"] != IGNORE_INDEX
+        last = labelled.shape[1] - 1 - labelled[:, ::-1].argmax(axis=1)
+        widths.append(torch.as_tensor(np.where(labelled.any(axis=1), last + 1, labelled.shape[1])))
+    return torch.cat(widths)
+
+
 class ResumableBatches:
     def __init__(self, rows: datasets.Dataset, micro_batch: int, grad_accum: int, dp_rank: int, dp_size: int,
-                 seed: int, collate: Callable[[dict], dict] | None = None) -> None:
+                 seed: int, collate: Callable[[dict], dict] | None = None, length_group_steps: int = 0) -> None:
+        if length_group_steps < 0:
+            raise ValueError(f"data.length_group_steps={length_group_steps}: expected 0 (off) or a number of steps")
+        self.length_group_steps = length_group_steps
+        self.lengths = labelled_widths(rows) if length_group_steps > 0 else None
         self.rows = rows.with_format("torch", columns=[c for c in TENSOR_COLUMNS if c in rows.column_names],
                                      output_all_columns=True)
         self.collate = collate or Collator(mode="packed", mrope=False)
@@ -46,7 +65,18 @@ class ResumableBatches:
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(len(self.rows), generator=g)
+        perm = torch.randperm(len(self.rows), generator=g)
+        if self.lengths is None:
+            return perm
+        span = self.global_batch * self.length_group_steps
+        used = self.steps_per_epoch * self.global_batch
+        steps = []
+        for start in range(0, used, span):
+            group = perm[start:min(start + span, used)]
+            group = group[torch.argsort(self.lengths[group], descending=True, stable=True)]
+            steps += list(group.split(self.global_batch))
+        order = torch.randperm(len(steps), generator=g)
+        return torch.cat([steps[i] for i in order] + [perm[used:]])
 
     def next_step(self) -> list[dict]:
         """The `grad_accum` micro-batches of this rank for the next optimizer step."""
@@ -66,12 +96,17 @@ class ResumableBatches:
         return micro
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "step": self.step, "global_batch": self.global_batch, "seed": self.seed}
+        return {"epoch": self.epoch, "step": self.step, "global_batch": self.global_batch, "seed": self.seed,
+                "length_group_steps": self.length_group_steps}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if state["global_batch"] != self.global_batch or state["seed"] != self.seed:
             raise ValueError(f"data position was saved with global batch {state['global_batch']} and seed "
                              f"{state['seed']}; this run has {self.global_batch} and {self.seed}")
+        if state.get("length_group_steps", 0) != self.length_group_steps:
+            raise ValueError(f"data position was saved with data.length_group_steps="
+                             f"{state.get('length_group_steps', 0)}; this run has {self.length_group_steps} "
+                             "(the row order would differ)")
         self.epoch = state["epoch"]
         self.step = state["step"]
         self._perm = self._permutation(self.epoch)

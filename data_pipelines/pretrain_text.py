@@ -40,7 +40,8 @@ class TextData:
     policy: BadInputPolicy | None = None
     streaming: StreamingSource | None = None
 
-    def batches(self, micro_batch: int, grad_accum: int, rank: int, world_size: int, seed: int):
+    def batches(self, micro_batch: int, grad_accum: int, rank: int, world_size: int, seed: int,
+                length_group_steps: int = 0):
         """This rank's resumable batches (map-style rows or its shard of the stream)."""
         from data_pipelines.loader import ResumableBatches, StreamingBatches
 
@@ -48,7 +49,8 @@ class TextData:
             s = self.streaming
             return StreamingBatches(s.samples, s.seq_len, self.packing, s.pad_id, micro_batch, grad_accum,
                                     self.collate, s.multimodal, on_skip=s.count_skip)
-        return ResumableBatches(self.train_rows, micro_batch, grad_accum, rank, world_size, seed, self.collate)
+        return ResumableBatches(self.train_rows, micro_batch, grad_accum, rank, world_size, seed, self.collate,
+                                length_group_steps)
 
 
 @dataclass

@@ -96,10 +96,16 @@ def test_nested_hf_config_typo_fails_naming_it():
     ("model.init_from=/no/such/model", "model.init_from='/no/such/model': no such directory"),
     ("model.trust_remote_code=true", "model.trust_remote_code=true is refused"),
     ("trainer.micro_batch_size=0", "trainer.micro_batch_size=0 must be >= 1"),
+    ("data.length_group_steps=-1", "data.length_group_steps=-1 must be >= 0"),
 ])
 def test_bad_values_fail_validation(override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         validate(compose([override]), world_size=2)
+
+
+def test_length_grouping_of_a_stream_is_refused():
+    with pytest.raises(ValueError, match="data.length_group_steps needs map-style data"):
+        validate(compose(["data.length_group_steps=16", "data.streaming=true"]), world_size=1)
 
 
 def test_init_from_without_config_json(tmp_path):

@@ -131,6 +131,9 @@ class DataConfig:
     # Read sources as streams (datasets IterableDataset): nothing is cached, each rank reads its own
     # shard, and the position of every rank is saved in checkpoints.
     streaming: bool = False
+    # Sort each span of this many optimizer steps' rows by length (transformers' group_by_length): micro-batches
+    # are cut to their longest row, so short and long samples batched apart waste less compute. 0: off.
+    length_group_steps: int = 0
     # raise: bad input stops the run naming file and line; skip: count it, go on, summarise at the end.
     on_error: str = "raise"
     # qwen3_5 (XML tool calls) | qwen3_5_nothink (the same without empty think blocks) | qwen3 (JSON tool calls)
@@ -304,6 +307,11 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
         raise ValueError(f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} must be in [0, 1]")
     if cfg.optim.grad_clip < 0:
         raise ValueError(f"optim.grad_clip={cfg.optim.grad_clip} must be >= 0 (0 disables clipping)")
+    if cfg.data.length_group_steps < 0:
+        raise ValueError(f"data.length_group_steps={cfg.data.length_group_steps} must be >= 0 (0 disables it)")
+    if cfg.data.length_group_steps and cfg.data.streaming:
+        raise ValueError("data.length_group_steps needs map-style data (it sorts rows it has not read yet); "
+                         "set it to 0 with data.streaming=true")
 
 
 def _validate_sources(data: DataConfig | DictConfig) -> None:

@@ -81,7 +81,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
     engine = build_engine(cfg, model, load_universal=plan is not None and plan.universal)
 
     batches = data.batches(cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps, dist_info.rank,
-                           dist_info.world_size, cfg.data.seed)
+                           dist_info.world_size, cfg.data.seed, cfg.data.length_group_steps)
     start_step, wandb_id = 0, None
     if plan is not None:
         rank_state = checkpointer.load(engine, plan)
