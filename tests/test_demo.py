@@ -20,8 +20,8 @@ def demo(tmp_path_factory):
            "WORLD_ARGS": "train_dialogs=160 validation_dialogs=20 test_scenarios=6",
            "PRETRAIN_ARGS": "trainer.max_steps=6 trainer.checkpoint_every=6 logger.log_every=1",
            "SFT_ARGS": "trainer.max_steps=8 trainer.checkpoint_every=8 logger.log_every=1 optim.warmup_steps=2",
-           "EVAL_ARGS": "eval.limit=3 eval.image_qa_limit=4 eval.reference_limit=3 eval.max_assistant_turns=2 "
-                        "eval.max_new_tokens=12"}
+           "EVAL_ARGS": "eval.limit=3 eval.image_qa_limit=4 eval.reference_limit=3 eval.record_repeats_limit=5 "
+                        "eval.max_assistant_turns=2 eval.max_new_tokens=12"}
     proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=1500)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
@@ -33,7 +33,7 @@ def test_report_has_the_promised_numbers(demo):
     report = json.loads((root / "report" / "report.json").read_text())
     for prefix in ("eval", "baseline"):
         for key in ("task_success", "unconfirmed_orders", "invalid_tool_call_rate", "image_qa_acc_with_image",
-                    "image_qa_acc_without_image", "reference_digit_acc"):
+                    "image_qa_acc_without_image", "reference_digit_acc", "record_repeat_later_digit_acc"):
             assert report[prefix][key] is not None, (prefix, key)
     for stage in ("pretrain", "sft"):
         assert report["stages"][stage]["tokens_per_s"] > 0 and report["stages"][stage]["wall_s"] > 0
@@ -49,6 +49,7 @@ def test_evaluation_is_spread_over_the_processes(demo):
     assert summary["reference_dialogs"] == 3
     assert summary["reference_args"] > 0 and summary["reference_dialogs_without_offsets"] == 0
     assert 0.0 <= summary["reference_arg_acc"] <= 1.0
+    assert summary["record_repeat_records"] == 5 and summary["record_repeat_ids"] >= 5
 
 
 def test_exports_verified_and_carry_the_chat_template(demo):

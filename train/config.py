@@ -355,6 +355,9 @@ class CommerceEvalConfig:
     image_qa_limit: int | None = None
     # Teacher-forced accuracy on the split's reference dialogs (assistant tokens; digits = copying); 0: off.
     reference_limit: int | None = None
+    # Teacher-forced accuracy on the repeated order ids of the world's validation order records (copying as
+    # pretraining should teach it; chance 10%); the first N records, null: all, 0: off.
+    record_repeats_limit: int | None = 200
 
 
 @dataclass

@@ -33,7 +33,7 @@ def format_table(summary: dict[str, Any]) -> str:
     rows = [(k, summary.get(k)) for k in TABLE_KEYS if k in summary]
     rows += [(f"success[{kind}]", v) for kind, v in summary.get("success_by_kind", {}).items()]
     rows += [(k, v) for k, v in summary.items() if k.startswith("pass^")]
-    rows += [(k, v) for k, v in summary.items() if k.startswith(("image_qa", "reference_"))]
+    rows += [(k, v) for k, v in summary.items() if k.startswith(("image_qa", "reference_", "record_repeat"))]
     width = max(len(k) for k, _ in rows)
     lines = [f"{'metric':<{width}}  value", "-" * (width + 10)]
     for k, v in rows:
@@ -83,6 +83,11 @@ def evaluate_model(cfg: EvaluateConfig | DictConfig) -> dict[str, Any]:
 
         summary.update(evaluate_reference_dialogs(model, tokenizer, ev.world_dir, ev.split, ev.reference_limit,
                                                   family == "qwen3_5_moe", ev.render_tools, state))
+    if ev.record_repeats_limit != 0:
+        from train.eval.record_repeats import evaluate_record_repeats
+
+        summary.update(evaluate_record_repeats(model, tokenizer, ev.world_dir, ev.record_repeats_limit,
+                                               family == "qwen3_5_moe", state))
     if ev.image_qa and family == "qwen3_5_moe":
         from train.eval.image_qa import evaluate_image_qa
 

@@ -53,6 +53,11 @@ def render(numbers: dict[str, Any], eval_names: list[str], score_rows: list[tupl
                 out.append(f"- Copying from the context ({name}): {_percent(e['reference_digit_acc'])} of the digits "
                            f"(ids, prices, times) in held-out reference dialogs predicted, "
                            f"{_percent(e.get('reference_assistant_token_acc'))} of all assistant tokens")
+            if e.get("record_repeat_later_digit_acc") is not None:
+                out.append(f"- Copying in held-out order records ({name}): "
+                           f"{_percent(e['record_repeat_later_digit_acc'])} of the later digits of repeated order "
+                           f"ids predicted (chance 10%), {_percent(e.get('record_repeat_first_digit_acc'))} of "
+                           f"their first digits, {_percent(e.get('record_repeat_id_acc'))} of whole ids")
             per_argument = {k[len("reference_arg_acc["):-1]: v for k, v in e.items()
                             if k.startswith("reference_arg_acc[")}
             if per_argument:

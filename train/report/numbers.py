@@ -85,14 +85,14 @@ def stage_numbers(stage: StageRun, wall_s: float | None) -> dict[str, Any]:
 
 
 def eval_numbers(result: dict[str, Any]) -> dict[str, Any]:
-    """The headline metrics (None when absent) plus success per kind, pass^k, any other image-QA values and the
-    reference-dialog accuracies."""
+    """The headline metrics (None when absent) plus success per kind, pass^k, any other image-QA values, the
+    reference-dialog accuracies and the order-record repeats."""
     summary = result["summary"]
     out: dict[str, Any] = {"model_path": result.get("model_path")}
     for key in EVAL_HEADLINE + EVAL_EXTRA:
         out[key] = summary.get(key)
     out["success_by_kind"] = dict(summary.get("success_by_kind") or {})
-    out.update({k: v for k, v in summary.items() if k.startswith(("pass^", "image_qa", "reference_"))})
+    out.update({k: v for k, v in summary.items() if k.startswith(("pass^", "image_qa", "reference_", "record_repeat"))})
     return out
 
 
@@ -122,7 +122,7 @@ def score_table(numbers: dict[str, dict[str, Any]], names: list[str]) -> list[tu
     image = list(EVAL_HEADLINE[4:]) + sorted({k for e in evals for k in e if k.startswith("image_qa")}
                                               - set(EVAL_HEADLINE))
     rows += [(k, [e.get(k) for e in evals]) for k in image]
-    reference = sorted({k for e in evals for k in e if k.startswith("reference_")})
+    reference = sorted({k for e in evals for k in e if k.startswith(("reference_", "record_repeat"))})
     rows += [(k, [e.get(k) for e in evals]) for k in reference]
     return rows
 
