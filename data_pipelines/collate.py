@@ -15,6 +15,7 @@ import torch
 
 from data_pipelines.bad_input import BadRecord
 from data_pipelines.images import ImageSpec, load_pixels, mrope_position_ids
+from data_pipelines.packing import IGNORE_INDEX
 
 
 def _segments(text_positions: list[int]) -> list[tuple[int, int]]:
@@ -42,12 +43,17 @@ def varlen_kwargs(position_ids: torch.Tensor) -> dict[str, torch.Tensor | int]:
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len}
 
 
+def labelled_row_widths(labels: torch.Tensor) -> torch.Tensor:
+    """Per row, the columns up to its last labelled one (0 for a row without labels)."""
+    columns = torch.arange(1, labels.shape[1] + 1, device=labels.device)
+    return ((labels != IGNORE_INDEX) * columns).amax(dim=1)
+
+
 def trimmed_width(labels: torch.Tensor) -> int:
     """Columns up to the last labelled one: the right padding after it changes nothing in a causal model
     (no labels, nothing attends to it), so it is cut instead of computed. Rows of short documents or
     dialogs padded to a long seq_len would otherwise cost most of a step."""
-    cols = (labels != -100).any(dim=0).nonzero()
-    return int(cols[-1]) + 1 if len(cols) else labels.shape[1]
+    return int(labelled_row_widths(labels).max()) or labels.shape[1]
 
 
 class Collator:

@@ -20,22 +20,21 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import datasets
-import numpy as np
 import torch
 
-from data_pipelines.collate import Collator
-from data_pipelines.packing import IGNORE_INDEX
+from data_pipelines.collate import Collator, labelled_row_widths
 
 TENSOR_COLUMNS = ("input_ids", "position_ids", "labels", "mm_token_type_ids")
 
 
 def labelled_widths(rows: datasets.Dataset) -> torch.Tensor:
-    """Each row's width up to its last labelled token: what the collator keeps of it in a micro-batch alone."""
+    """Each row's width up to its last labelled token: what the collator keeps of it in a micro-batch alone
+    (`trimmed_width`; a row without labels keeps its full width)."""
     widths = []
-    for batch in rows.select_columns(["labels"]).with_format("numpy").iter(batch_size=4096):
-        labelled = batch["labels"] != IGNORE_INDEX
-        last = labelled.shape[1] - 1 - labelled[:, ::-1].argmax(axis=1)
-        widths.append(torch.as_tensor(np.where(labelled.any(axis=1), last + 1, labelled.shape[1])))
+    for batch in rows.select_columns(["labels"]).with_format("torch").iter(batch_size=4096):
+        labels = batch["labels"]
+        width = labelled_row_widths(labels)
+        widths.append(torch.where(width > 0, width, labels.shape[1]))
     return torch.cat(widths)
 
 

@@ -23,6 +23,8 @@ from train.config import EvaluateConfig, register_eval_configs
 log = logging.getLogger("train.evaluate")
 register_eval_configs()
 
+# Teacher-forced copying scores (reference dialogs, order-record repeats): listed after the headline metrics.
+COPYING_PREFIXES = ("reference_", "record_repeat")
 TABLE_KEYS = ["task_success", "unconfirmed_orders", "unconfirmed_actions", "terms_shown_rate",
               "invalid_tool_call_rate", "repeated_questions", "needed_slots_asked", "slots_needed",
               "turns_per_task", "generated_tokens_per_task"]
@@ -33,7 +35,7 @@ def format_table(summary: dict[str, Any]) -> str:
     rows = [(k, summary.get(k)) for k in TABLE_KEYS if k in summary]
     rows += [(f"success[{kind}]", v) for kind, v in summary.get("success_by_kind", {}).items()]
     rows += [(k, v) for k, v in summary.items() if k.startswith("pass^")]
-    rows += [(k, v) for k, v in summary.items() if k.startswith(("image_qa", "reference_", "record_repeat"))]
+    rows += [(k, v) for k, v in summary.items() if k.startswith(("image_qa", *COPYING_PREFIXES))]
     width = max(len(k) for k, _ in rows)
     lines = [f"{'metric':<{width}}  value", "-" * (width + 10)]
     for k, v in rows:

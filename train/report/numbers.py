@@ -92,7 +92,9 @@ def eval_numbers(result: dict[str, Any]) -> dict[str, Any]:
     for key in EVAL_HEADLINE + EVAL_EXTRA:
         out[key] = summary.get(key)
     out["success_by_kind"] = dict(summary.get("success_by_kind") or {})
-    out.update({k: v for k, v in summary.items() if k.startswith(("pass^", "image_qa", "reference_", "record_repeat"))})
+    from train.evaluate import COPYING_PREFIXES
+
+    out.update({k: v for k, v in summary.items() if k.startswith(("pass^", "image_qa", *COPYING_PREFIXES))})
     return out
 
 
@@ -110,7 +112,7 @@ def score_table(numbers: dict[str, dict[str, Any]], names: list[str]) -> list[tu
     """Rows (metric, one value per evaluation) in train/evaluate.py's order: headline metrics, success per
     scenario kind, pass^k, image QA, reference-dialog accuracy. The union over evaluations; a value one of them
     lacks is None."""
-    from train.evaluate import TABLE_KEYS
+    from train.evaluate import COPYING_PREFIXES, TABLE_KEYS
 
     evals = [numbers[n] for n in names]
     keys = list(EVAL_HEADLINE[:4]) + [k for k in TABLE_KEYS if k not in EVAL_HEADLINE]
@@ -122,7 +124,7 @@ def score_table(numbers: dict[str, dict[str, Any]], names: list[str]) -> list[tu
     image = list(EVAL_HEADLINE[4:]) + sorted({k for e in evals for k in e if k.startswith("image_qa")}
                                               - set(EVAL_HEADLINE))
     rows += [(k, [e.get(k) for e in evals]) for k in image]
-    reference = sorted({k for e in evals for k in e if k.startswith(("reference_", "record_repeat"))})
+    reference = sorted({k for e in evals for k in e if k.startswith(COPYING_PREFIXES)})
     rows += [(k, [e.get(k) for e in evals]) for k in reference]
     return rows
 
