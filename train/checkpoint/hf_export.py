@@ -151,8 +151,12 @@ def _layer_order(name: str) -> tuple[int, int]:
     return (0, 0) if "embed" in name or "visual" in name else (2, 0)
 
 
-def hf_tensors(reader: DeepSpeedCheckpointReader, family: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) for the whole model, one layer (and within it one expert) at a time."""
+def hf_tensors(reader: DeepSpeedCheckpointReader, family: str, tied_head: bool = False
+               ) -> Iterator[tuple[str, torch.Tensor]]:
+    """(HF name, tensor) for the whole model, one layer (and within it one expert) at a time.
+
+    With `tied_head` the output head is the embedding and is left out, as `save_pretrained` leaves it out.
+    """
     layers_prefix = family_keys(family).layers_prefix
     moe = {int(_LAYER.search(layer.module_path + ".").group(1)): layer for layer in reader.moe_layers()}
     dense = sorted(reader.dense_names(), key=_layer_order)
@@ -162,7 +166,7 @@ def hf_tensors(reader: DeepSpeedCheckpointReader, family: str) -> Iterator[tuple
     for key in sorted(by_layer):
         for name in by_layer[key]:
             hf = to_hf(name)
-            if hf is not None:
+            if hf is not None and not (tied_head and hf == "lm_head.weight"):
                 yield hf, reader.read(name)
         if key[0] == 1 and key[1] in moe:
             layer = moe[key[1]]
@@ -217,7 +221,8 @@ def export_checkpoint(ckpt_dir: str | Path, out: str | Path, dtype: torch.dtype 
     try:
         writer = ShardWriter(tmp, dtype, max_shard_bytes)
         n_tensors = n_mtp = 0
-        for name, tensor in hf_tensors(reader, source.family):
+        tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+        for name, tensor in hf_tensors(reader, source.family, tied_head=tied):
             if n_tensors == 0:
                 warn_if_upcast(reader.layout, tensor.dtype, dtype)
             writer.add(name, tensor)

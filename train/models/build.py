@@ -51,6 +51,17 @@ def _check_keys(kwargs: dict[str, Any], reference: PretrainedConfig, prefix: str
             raise ValueError(f"{prefix}.{key}: not a field of {type(reference).__name__}")
 
 
+def _tie_at_top_level(kwargs: dict, text: dict) -> None:
+    """Qwen3.5-MoE ties its head to the embedding from the top-level `tie_word_embeddings`; transformers ignores the
+    text_config's, so a value set only there would silently train an untied model. Both must agree; the text
+    config is given the top-level value, as released configs have it."""
+    top, inner = bool(kwargs.get("tie_word_embeddings", False)), text.get("tie_word_embeddings")
+    if inner is not None and bool(inner) != top:
+        raise ValueError(f"model.hf_config.text_config.tie_word_embeddings={inner} but model.hf_config."
+                         f"tie_word_embeddings={top}: Qwen3.5-MoE ties from the top-level key; set it there")
+    text["tie_word_embeddings"] = top
+
+
 def build_hf_config(model_cfg: ModelConfig, vocab_size: int | None = None) -> PretrainedConfig:
     """The transformers config: from `init_from`/config.json if given, else from `hf_config`."""
     config_cls, _ = FAMILIES[model_cfg.family]
@@ -69,6 +80,7 @@ def build_hf_config(model_cfg: ModelConfig, vocab_size: int | None = None) -> Pr
         text = dict(kwargs.get("text_config", {}))
         if vocab_size is not None and "vocab_size" not in text:
             text["vocab_size"] = vocab_size
+        _tie_at_top_level(kwargs, text)
         kwargs["text_config"] = text
     elif vocab_size is not None and "vocab_size" not in kwargs:
         kwargs["vocab_size"] = vocab_size
