@@ -93,12 +93,13 @@ def test_qwen3_5_ties_from_the_top_level_key_and_a_text_only_tie_is_refused():
     """transformers' Qwen3.5-MoE reads only the top-level key: a tie set in text_config alone would train untied."""
     import transformers
 
-    hf = build_hf_config(compose(["model=qwen3_5_moe_tiny"]).model, vocab_size=256)
+    tied = ["model=qwen3_5_moe_tiny", "+model.hf_config.tie_word_embeddings=true",
+            "model.hf_config.text_config.tie_word_embeddings=true"]
+    hf = build_hf_config(compose(tied).model, vocab_size=256)
     assert hf.tie_word_embeddings and hf.get_text_config().tie_word_embeddings
     model = transformers.Qwen3_5MoeForConditionalGeneration(hf)
     assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
-    cfg = compose(["model=qwen3_5_moe_tiny", "model.hf_config.tie_word_embeddings=false",
-                   "+model.hf_config.text_config.tie_word_embeddings=true"])
+    cfg = compose(["model=qwen3_5_moe_tiny", "model.hf_config.text_config.tie_word_embeddings=true"])
     with pytest.raises(ValueError, match=r"text_config\.tie_word_embeddings=True but model\.hf_config\."
                                          r"tie_word_embeddings=False"):
         build_hf_config(cfg.model)

@@ -63,11 +63,15 @@ def case_b(tmp_path_factory, shared_data):
     return {"src": src, "out": base / "export", "ckpt": ckpt, "result": result, "run": base / "run"}
 
 
+# case c trains with tied embeddings (the head is the embedding; the export leaves it out, as save_pretrained does)
+TIED = ["+model.hf_config.tie_word_embeddings=true", "model.hf_config.text_config.tie_word_embeddings=true"]
+
+
 @pytest.fixture(scope="module")
 def case_c(tmp_path_factory, shared_data):
     base = tmp_path_factory.mktemp("c")
-    run_pretrain(base / "run", 2, [*QWEN3_5_RUN, "deepspeed=zero2", "parallel.ep_size=2",
-                                   "trainer.max_steps=3"], shared_data)
+    run_pretrain(base / "run", 2, [*QWEN3_5_RUN, "deepspeed=zero2", "parallel.ep_size=2", "trainer.max_steps=3",
+                                   *TIED], shared_data)
     export = run_pretrain(base / "hydra", 2, [f"checkpoint={base / 'run' / 'checkpoints/step_00000003'}",
                                               f"out={base / 'export'}", "export.dtype=float32", "verify=true",
                                               "export.verify_atol=1e-5"], shared_data, module="train.export")
@@ -89,6 +93,15 @@ def test_a_qwen3_ep2_zero3_round_trip_is_identical(case_a):
 
 def test_a_verify_reloads_the_engine_and_matches(case_a):
     assert _max_diff(case_a["output"]) <= 1e-5
+
+
+def test_c_tied_export_leaves_the_head_out_and_loads_tied(case_c):
+    from transformers import AutoModelForImageTextToText
+
+    assert "lm_head.weight" not in read_all(case_c["out"])
+    model = AutoModelForImageTextToText.from_pretrained(case_c["out"])
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
 
 
 def test_b_qwen3_5_ep1_zero2_round_trip_is_identical_with_mtp(case_b):
