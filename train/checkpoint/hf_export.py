@@ -29,7 +29,7 @@ from train.checkpoint.ds_checkpoint_reader import DeepSpeedCheckpointReader
 from train.checkpoint.manifest import MANIFEST, build_manifest, verify_manifest, write_manifest
 from train.config import ModelConfig
 from train.models import hf_side_files
-from train.models.hf_adapter import expert_to_hf, family_keys, to_hf
+from train.models.hf_adapter import HEAD_WEIGHT, expert_to_hf, family_keys, head_is_tied, to_hf
 from train.models.hf_import import shard_index
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def hf_tensors(reader: DeepSpeedCheckpointReader, family: str, tied_head: bool =
     for key in sorted(by_layer):
         for name in by_layer[key]:
             hf = to_hf(name)
-            if hf is not None and not (tied_head and hf == "lm_head.weight"):
+            if hf is not None and not (tied_head and hf == HEAD_WEIGHT):
                 yield hf, reader.read(name)
         if key[0] == 1 and key[1] in moe:
             layer = moe[key[1]]
@@ -221,8 +221,7 @@ def export_checkpoint(ckpt_dir: str | Path, out: str | Path, dtype: torch.dtype 
     try:
         writer = ShardWriter(tmp, dtype, max_shard_bytes)
         n_tensors = n_mtp = 0
-        tied = bool(getattr(hf_config, "tie_word_embeddings", False))
-        for name, tensor in hf_tensors(reader, source.family, tied_head=tied):
+        for name, tensor in hf_tensors(reader, source.family, tied_head=head_is_tied(hf_config)):
             if n_tensors == 0:
                 warn_if_upcast(reader.layout, tensor.dtype, dtype)
             writer.add(name, tensor)

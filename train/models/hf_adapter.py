@@ -53,6 +53,15 @@ def family_keys(family: str) -> FamilyKeys:
     return FAMILY_KEYS[family]
 
 
+HEAD_WEIGHT = "lm_head.weight"  # the output head, in both families; absent on disk when tied to the embedding
+
+
+def head_is_tied(config) -> bool:
+    """Whether the output head is the input embedding: transformers decides it from the model's own config (for
+    Qwen3.5-MoE the top level, whatever its text_config says), so import and export read it from there too."""
+    return bool(getattr(config, "tie_word_embeddings", False))
+
+
 def to_hf(ds_name: str) -> str | None:
     """HF on-disk name of a non-expert training parameter; None for DS-only aliases."""
     if any(p.search(ds_name) for p in _DS_ALIASES):

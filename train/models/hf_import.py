@@ -26,7 +26,7 @@ from accelerate import init_empty_weights
 from safetensors import safe_open
 from transformers import PretrainedConfig, PreTrainedModel
 
-from train.models.hf_adapter import ImportTarget, from_hf
+from train.models.hf_adapter import HEAD_WEIGHT, ImportTarget, from_hf, head_is_tied
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,7 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 def _check_complete(model: nn.Module, params: dict, filled: dict, folder: Path, ep_rank: int, ep_size: int) -> None:
-    tied = getattr(model.config.get_text_config(), "tie_word_embeddings", False) or \
-        getattr(model.config, "tie_word_embeddings", False)
+    tied = head_is_tied(model.config)
     missing = []
     for pname, p in params.items():
         if pname.endswith(".experts.gate_up_proj") or pname.endswith(".experts.down_proj"):
@@ -210,7 +209,7 @@ def _check_complete(model: nn.Module, params: dict, filled: dict, folder: Path, 
                 got = got | {(h, e) for h, e in need if ("whole", e) in got}
             if not need <= got:
                 missing.append(f"{pname} (experts {sorted({e for _, e in need - got})})")
-        elif pname not in filled and not (tied and pname == "lm_head.weight") and isinstance(p, nn.Parameter):
+        elif pname not in filled and not (tied and pname == HEAD_WEIGHT) and isinstance(p, nn.Parameter):
             missing.append(pname)
     if missing:
         raise ValueError(f"{folder}: {len(missing)} model tensor(s) not found in the checkpoint: {missing[:5]}")
