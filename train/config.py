@@ -18,6 +18,19 @@ MODEL_FAMILIES = ("qwen3_moe", "qwen3_5_moe")
 
 
 @dataclass
+class LoraConfig:
+    """LoRA instead of full fine-tuning: every base weight frozen, adapters merged into the export."""
+    enabled: bool = False
+    rank: int = 16
+    alpha: float = 32.0
+    # nn.Linear modules (by their last name component) that get an adapter; the vision tower never does.
+    # Qwen3.5: full attention q/k/v/o and Gated DeltaNet in_proj_qkv/in_proj_z/out_proj; Qwen3: q/k/v/o.
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # Adapters on every routed expert's gate, up and down projection (AutoEP's w1, w3, w2).
+    experts: bool = True
+
+
+@dataclass
 class ModelConfig:
     family: str = MISSING
     # A local Hugging Face folder (config.json + safetensors). Its config wins over `hf_config`.
@@ -30,6 +43,7 @@ class ModelConfig:
     # model on top of a pretrained vision tower. A prefix that matches nothing is an error.
     frozen: list[str] = field(default_factory=list)
     trust_remote_code: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -276,6 +290,7 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
         raise ValueError(f"run_name={cfg.run_name!r} must be a plain folder name: runs go to "
                          f"{cfg.paths.runs_dir}/<run_name> and may not escape it")
     _validate_sources(cfg.data)
+    _validate_lora(cfg)
     if cfg.model.trust_remote_code:
         raise ValueError("model.trust_remote_code=true is refused: the model classes are transformers' own")
     if cfg.model.init_from is not None and not os.path.isdir(cfg.model.init_from):
@@ -312,6 +327,23 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
     if cfg.data.length_group_steps and cfg.data.streaming:
         raise ValueError("data.length_group_steps needs map-style data (it sorts rows it has not read yet); "
                          "set it to 0 with data.streaming=true")
+
+
+def _validate_lora(cfg: PretrainConfig | DictConfig) -> None:
+    lora = cfg.model.lora
+    if not lora.enabled:
+        return
+    if lora.rank < 1:
+        raise ValueError(f"model.lora.rank={lora.rank} must be >= 1")
+    if lora.alpha <= 0:
+        raise ValueError(f"model.lora.alpha={lora.alpha} must be > 0")
+    if not lora.target_modules and not lora.experts:
+        raise ValueError("model.lora.enabled=true with no model.lora.target_modules and model.lora.experts=false "
+                         "trains nothing")
+    if cfg.deepspeed.zero_stage == 3:
+        raise ValueError("model.lora.enabled=true needs deepspeed.zero_stage <= 2: LoRA freezes the experts, and "
+                         "DeepSpeed 0.19.8 cannot checkpoint frozen AutoEP experts under ZeRO-3 (the base weights "
+                         "are replicated anyway; ZeRO-1/2 partition the adapters' optimizer state)")
 
 
 def _validate_sources(data: DataConfig | DictConfig) -> None:

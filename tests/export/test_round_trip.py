@@ -4,8 +4,10 @@ Matrix (the cheapest that covers every axis at least once):
   A  Qwen3-MoE    EP=2 (2 processes)  ZeRO-3  0 updates (lr=0)  `torchrun -m train.export ... verify=true`
   B  Qwen3.5-MoE  EP=1 (1 process)    ZeRO-2  0 updates (lr=0)  with `mtp.*` tensors; exporter in-process
   C  Qwen3.5-MoE  EP=2 (2 processes)  ZeRO-2  3 training steps   `torchrun -m train.export ... verify=true`
-A and B: the export equals the source folder tensor by tensor (fp32 export). A and C: the export's logits equal
-the DeepSpeed engine loaded from the same checkpoint (text, and an image for Qwen3.5) within 1e-5.
+  D  Qwen3.5-MoE  EP=2 (2 processes)  ZeRO-2  3 LoRA steps from an HF folder, adapters merged at export, verify
+A and B: the export equals the source folder tensor by tensor (fp32 export). A, C and D: the export's logits equal
+the DeepSpeed engine loaded from the same checkpoint (text, and an image for Qwen3.5) within 1e-5 (D: 1e-4). D: exactly the
+adapted weights (attention, Gated DeltaNet projections, every routed expert) differ from the source.
 """
 
 from __future__ import annotations
@@ -76,6 +78,21 @@ def case_c(tmp_path_factory, shared_data):
                                               f"out={base / 'export'}", "export.dtype=float32", "verify=true",
                                               "export.verify_atol=1e-5"], shared_data, module="train.export")
     return {"out": base / "export", "output": export.output}
+
+
+LORA = ["model.lora.enabled=true", "model.lora.rank=4", "model.lora.alpha=8", "optim.lr=1e-2"]
+
+
+@pytest.fixture(scope="module")
+def case_d(tmp_path_factory, shared_data):
+    base = tmp_path_factory.mktemp("d")
+    src = save_random_hf("qwen3_5_moe", base / "src")
+    run_pretrain(base / "run", 2, [*QWEN3_5_RUN, f"model.init_from={src}", "deepspeed=zero2",
+                                   "parallel.ep_size=2", "trainer.max_steps=3", *LORA], shared_data)
+    export = run_pretrain(base / "hydra", 2, [f"checkpoint={base / 'run' / 'checkpoints/step_00000003'}",
+                                              f"out={base / 'export'}", "export.dtype=float32", "verify=true",
+                                              "export.verify_atol=1e-4"], shared_data, module="train.export")
+    return {"src": src, "out": base / "export", "output": export.output}
 
 
 def _assert_identical(src: Path, out: Path) -> None:
@@ -183,3 +200,22 @@ def test_b_killed_export_leaves_no_complete_looking_folder(case_b, tmp_path):
 
     export_checkpoint(case_b["ckpt"], out, torch.float32)  # a rerun still succeeds
     assert (out / "manifest.json").exists()
+
+
+ADAPTED = re.compile(r"language_model\.layers\.\d+\.(self_attn\.[qkvo]_proj|linear_attn\.(in_proj_qkv|in_proj_z|out_proj)"
+                     r"|mlp\.experts\.\d+\.(gate|up|down)_proj)\.weight$")
+
+
+def test_d_lora_export_merges_adapters_and_reproduces_training_logits(case_d):
+    # 1e-4, the float32 default: the export computes W + s B A once, training W x + s (x A^T) B^T (1.5e-5 seen)
+    assert _max_diff(case_d["output"]) <= 1e-4
+    want, got = read_all(case_d["src"]), read_all(case_d["out"])
+    assert sorted(got) == sorted(want)  # no adapter tensor is written
+    adapted = sorted(n for n in want if ADAPTED.search(n))
+    assert len([n for n in adapted if ".experts." in n]) == 3 * 8 * 3  # layers x experts x projections
+    assert any("in_proj_qkv" in n for n in adapted) and any("o_proj" in n for n in adapted)
+    for name, tensor in want.items():
+        if name in adapted:
+            assert not torch.equal(got[name], tensor), f"{name}: the adapter was not merged"
+        else:
+            assert torch.equal(got[name], tensor), f"{name}: a frozen base weight changed"

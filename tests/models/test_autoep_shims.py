@@ -49,3 +49,48 @@ def test_upstream_still_needs_raw_router_logits():
 
     contract = Qwen35MoePresetAdapter().adjust_forward_contract(ForwardContract())
     assert contract.router_logits_capture_mode == "post_score"
+
+
+def test_upstream_still_needs_frozen_experts_optimizer_shim(world_of_one, monkeypatch):
+    """Without shim 5 a LoRA model (every expert weight frozen) fails inside deepspeed.initialize; with it, the
+    engine builds (tests/models/test_lora.py trains and checks it)."""
+    import contextlib
+
+    import torch
+
+    from tests.conftest import TINY_QWEN3_5, compose
+    from train.engine.deepspeed_setup import build_engine
+    from train.models.build import build_hf_config, build_model
+
+    cfg = compose([*TINY_QWEN3_5, "+model.hf_config.text_config.vocab_size=256", "model.lora.enabled=true"])
+    model = build_model(cfg.model, build_hf_config(cfg.model), torch.float32, seed=0)
+    monkeypatch.setattr(autoep_shims, "frozen_experts_optimizer", contextlib.nullcontext)
+    with pytest.raises(AssertionError, match="None of the param groups are marked as MoE"):
+        build_engine(cfg, model)
+
+
+def test_upstream_still_restores_frozen_experts_from_rank0_fragments(world_of_one):
+    """Shim 6. Under ZeRO-2 DeepSpeed copies its saved frozen fragments (rank 0's) over the module after loading
+    it, so frozen experts read from this rank's expert files are replaced; the shim puts them back. A world of
+    one stands in for rank 1: the fragments hold other values than the expert files."""
+    import torch
+
+    from tests.conftest import TINY_QWEN3_5, compose
+    from train.engine.deepspeed_setup import build_engine
+    from train.models.build import build_hf_config, build_model
+
+    cfg = compose([*TINY_QWEN3_5, "+model.hf_config.text_config.vocab_size=256", "model.lora.enabled=true",
+                   "deepspeed=zero2"])
+    engine = build_engine(cfg, build_model(cfg.model, build_hf_config(cfg.model), torch.float32, seed=0))
+    key = "model.language_model.layers.0.mlp.experts.w1"
+    own = torch.randn_like(dict(engine.module.named_parameters())[key])
+    module = {k: v.clone() for k, v in engine.module.state_dict().items()}
+    module[key] = own
+    fragments = {n: p.detach().clone() for n, p in engine.module.named_parameters() if not p.requires_grad}
+    checkpoint = {"module": module, "frozen_param_fragments": fragments}
+    live = dict(engine.module.named_parameters())[key]
+
+    type(engine).load_module_state_dict.original(engine, checkpoint)
+    assert torch.equal(live, fragments[key]) and not torch.equal(live, own)
+    engine.load_module_state_dict(checkpoint)
+    assert torch.equal(live, own)

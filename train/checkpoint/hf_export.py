@@ -31,6 +31,7 @@ from train.config import ModelConfig
 from train.models import hf_side_files
 from train.models.hf_adapter import HEAD_WEIGHT, expert_to_hf, family_keys, head_is_tied, to_hf
 from train.models.hf_import import shard_index
+from train.models.lora import EXPERTS_LORA, LORA_A, LORA_B, merge_experts, merge_linear
 
 log = logging.getLogger(__name__)
 
@@ -151,29 +152,58 @@ def _layer_order(name: str) -> tuple[int, int]:
     return (0, 0) if "embed" in name or "visual" in name else (2, 0)
 
 
-def hf_tensors(reader: DeepSpeedCheckpointReader, family: str, tied_head: bool = False
-               ) -> Iterator[tuple[str, torch.Tensor]]:
+def lora_scale(source: ExportSource) -> float | None:
+    """alpha / rank of the run's `model.lora`, None for a run without adapters."""
+    lora = model_config(source).lora
+    return lora.alpha / lora.rank if lora.enabled else None
+
+
+def _dense_and_adapters(reader: DeepSpeedCheckpointReader, scale: float | None) -> tuple[list[str], set[str]]:
+    """The dense names to export, and the adapter names (merged into their base weights, never written)."""
+    names = reader.dense_names()
+    adapters = {n for n in names if n.endswith((f".{LORA_A}", f".{LORA_B}")) or f".{EXPERTS_LORA}." in n}
+    if adapters and scale is None:
+        raise ValueError(f"{reader.dir}: the checkpoint holds LoRA adapters ({sorted(adapters)[0]}, ...) but the "
+                         "run's config has model.lora.enabled=false; cannot merge them")
+    return [n for n in names if n not in adapters], adapters
+
+
+def hf_tensors(reader: DeepSpeedCheckpointReader, family: str, tied_head: bool = False,
+               lora_scale: float | None = None) -> Iterator[tuple[str, torch.Tensor]]:
     """(HF name, tensor) for the whole model, one layer (and within it one expert) at a time.
 
     With `tied_head` the output head is the embedding and is left out, as `save_pretrained` leaves it out.
+    LoRA adapters (`lora_scale` = alpha / rank) are merged into the weights they adapt (float32, W + s B A).
     """
     layers_prefix = family_keys(family).layers_prefix
     moe = {int(_LAYER.search(layer.module_path + ".").group(1)): layer for layer in reader.moe_layers()}
-    dense = sorted(reader.dense_names(), key=_layer_order)
+    names, adapters = _dense_and_adapters(reader, lora_scale)
+    dense = sorted(names, key=_layer_order)
     by_layer: dict[tuple[int, int], list[str]] = {}
     for name in dense:
         by_layer.setdefault(_layer_order(name), []).append(name)
     for key in sorted(by_layer):
         for name in by_layer[key]:
             hf = to_hf(name)
-            if hf is not None and not (tied_head and hf == HEAD_WEIGHT):
-                yield hf, reader.read(name)
+            if hf is None or (tied_head and hf == HEAD_WEIGHT):
+                continue
+            tensor = reader.read(name)
+            module = name.removesuffix(".weight")
+            if f"{module}.{LORA_A}" in adapters:
+                tensor = merge_linear(tensor, reader.read(f"{module}.{LORA_A}"), reader.read(f"{module}.{LORA_B}"),
+                                      lora_scale)
+            yield hf, tensor
         if key[0] == 1 and key[1] in moe:
             layer = moe[key[1]]
             if not layer.module_path.startswith(layers_prefix):
                 raise ValueError(f"MoE layer {layer.module_path} is not under {layers_prefix} for family {family}")
+            prefix = f"{layer.module_path.rsplit('.', 1)[0]}.{EXPERTS_LORA}."
+            expert_adapters = {n.removeprefix(prefix): reader.read(n) for n in adapters if n.startswith(prefix)}
             for e in range(layer.num_experts):
-                yield from expert_to_hf(layer.module_path, e, reader.read_expert(layer, e)).items()
+                weights = reader.read_expert(layer, e)
+                if expert_adapters:
+                    weights = merge_experts(weights, expert_adapters, e, lora_scale)
+                yield from expert_to_hf(layer.module_path, e, weights).items()
 
 
 def mtp_tensors(init_from: str | None) -> Iterator[tuple[str, torch.Tensor]]:
@@ -221,7 +251,8 @@ def export_checkpoint(ckpt_dir: str | Path, out: str | Path, dtype: torch.dtype 
     try:
         writer = ShardWriter(tmp, dtype, max_shard_bytes)
         n_tensors = n_mtp = 0
-        for name, tensor in hf_tensors(reader, source.family, tied_head=head_is_tied(hf_config)):
+        for name, tensor in hf_tensors(reader, source.family, tied_head=head_is_tied(hf_config),
+                                       lora_scale=lora_scale(source)):
             if n_tensors == 0:
                 warn_if_upcast(reader.layout, tensor.dtype, dtype)
             writer.add(name, tensor)

@@ -82,13 +82,20 @@ def build_engine(cfg: PretrainConfig, model: nn.Module, load_universal: bool = F
     import deepspeed
 
     autoep_shims.patch_output_capture_registry()
+    autoep_shims.patch_frozen_expert_restore()
     ds_config = deepspeed_config(cfg, model, load_universal)
     groups = optimizer_param_groups(model, cfg.optim.weight_decay)
-    with autoep_shims.autoep_text_view(model):
+    with autoep_shims.autoep_text_view(model), autoep_shims.frozen_experts_optimizer():
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
     n = autoep_shims.capture_raw_router_logits(engine.module)
     if n == 0:
         raise RuntimeError("AutoEP replaced no MoE layer: check model.family and the expert_parallel preset")
+    if cfg.model.lora.enabled and cfg.model.lora.experts:
+        from train.models.lora import attach_expert_lora
+
+        attached = attach_expert_lora(engine.module)
+        if attached != n:
+            raise RuntimeError(f"LoRA: {attached} of {n} AutoEP layers found their experts_lora adapter")
     impl = cfg.parallel.experts_impl
     if impl != "upstream" and cfg.parallel.gate_up_impl == "fused":
         impl = "upstream"  # the fused gate/up GEMM is upstream's; auto keeps it rather than replacing it

@@ -31,6 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from train.models.lora import expert_weights
+
 EXPERTS_IMPLS = ("auto", "upstream", "local_loop")
 
 
@@ -124,9 +126,8 @@ def local_experts_forward(layer: nn.Module, hidden_states: torch.Tensor):
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(order.numel(), device=order.device)
     routed = x.index_select(0, order // k)
-    experts = layer.experts
-    out = _LocalSwiGLUExperts.apply(routed, experts.w1.to(x.dtype), experts.w2.to(x.dtype),
-                                    experts.w3.to(x.dtype), counts.tolist())
+    w1, w2, w3 = expert_weights(layer.experts)  # with the LoRA delta when train/models/lora.py attached one
+    out = _LocalSwiGLUExperts.apply(routed, w1.to(x.dtype), w2.to(x.dtype), w3.to(x.dtype), counts.tolist())
     weighted = out * top_scores.reshape(-1)[order].unsqueeze(-1)
     output = _RowPermutation.apply(weighted, inverse, order).view(-1, k, hdim).sum(dim=1).to(x.dtype)
     return layer._finalize_output(output.reshape(bsz, seqlen, hdim), x, hidden_states, hdim)

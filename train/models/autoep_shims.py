@@ -7,6 +7,12 @@ tests/models/test_autoep_shims.py has one test per shim that fails as soon as up
    layer pattern misses `model.language_model.layers.N.mlp` of the multimodal model.
 3. `capture_raw_router_logits`: the Qwen3.5 preset captures softmax probabilities, but HF's load-balancing
    loss expects raw logits (2.013 vs 2.088 on a tiny model).
+4. (autoep_local_experts.py, a file of its own.)
+5. `frozen_experts_optimizer`: ZeRO-1/2 and the bf16 optimizer assert that a model with MoE layers has an MoE
+   param group; with every expert weight frozen (LoRA) there is none, and `deepspeed.initialize` fails.
+6. `patch_frozen_expert_restore`: under ZeRO-2 DeepSpeed saves every frozen parameter of rank 0 as a "frozen
+   fragment" and, on load, copies those over the module; frozen AutoEP experts of every EP rank then get
+   rank 0's experts (found by export verification of a LoRA run at EP=2: logits off by 3.7).
 """
 
 from __future__ import annotations
@@ -64,6 +70,70 @@ def autoep_text_view(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.config = full
+
+
+@contextlib.contextmanager
+def frozen_experts_optimizer() -> Iterator[None]:
+    """Shim 5: build the ZeRO-1/2 / bf16 optimizer with `has_moe_layers=False` when none of its param groups is
+    an MoE group, i.e. no expert-parallel parameter trains. That flag only selects the expert-group gradient
+    reduction and norm averaging, which then have nothing to act on; the engine keeps its own flag, so the frozen
+    expert weights are still saved and loaded with the checkpoint."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
+
+    originals = {cls: cls.__init__ for cls in (DeepSpeedZeroOptimizer, BF16_Optimizer)}
+
+    def wrap(init):
+        def __init__(self, init_optimizer, *args, **kwargs):
+            if not any(group.get("moe") for group in init_optimizer.param_groups):
+                kwargs["has_moe_layers"] = False
+            init(self, init_optimizer, *args, **kwargs)
+        return __init__
+
+    for cls, init in originals.items():
+        cls.__init__ = wrap(init)
+    try:
+        yield
+    finally:
+        for cls, init in originals.items():
+            cls.__init__ = init
+
+
+def _restore_frozen_experts(engine, checkpoint: dict) -> int:
+    """Copy this rank's frozen AutoEP expert weights back from the checkpoint's module state (which DeepSpeed's
+    `load_moe_state_dict` filled from this rank's own expert files). Returns the number of tensors restored."""
+    from deepspeed.module_inject.auto_ep_layer import AutoEPMoELayer
+
+    state, n = checkpoint["module"], 0
+    for name, module in engine.module.named_modules():
+        if not isinstance(module, AutoEPMoELayer):
+            continue
+        for w in ("w1", "w2", "w3"):
+            param = getattr(module.experts, w)
+            key = f"{name}.experts.{w}"
+            if not param.requires_grad and key in state:
+                param.data.copy_(state[key])
+                n += 1
+    return n
+
+
+def patch_frozen_expert_restore() -> None:
+    """Shim 6: after DeepSpeed's module load (and its frozen-fragment copy), put back this rank's frozen experts."""
+    from deepspeed.checkpoint.constants import FROZEN_PARAM_FRAGMENTS
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    original = DeepSpeedEngine.load_module_state_dict
+    if getattr(original, "_restores_frozen_experts", False):
+        return
+
+    def load_module_state_dict(self, checkpoint, *args, **kwargs):
+        original(self, checkpoint, *args, **kwargs)
+        if checkpoint.get(FROZEN_PARAM_FRAGMENTS) is not None:
+            _restore_frozen_experts(self, checkpoint)
+
+    load_module_state_dict._restores_frozen_experts = True
+    load_module_state_dict.original = original
+    DeepSpeedEngine.load_module_state_dict = load_module_state_dict
 
 
 def capture_raw_router_logits(model: nn.Module) -> int:

@@ -94,7 +94,7 @@ def build_model(model_cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torc
     With `init_from` nothing is random-initialised and only this rank's experts are read and materialised
     (`hf_import.build_rank_local`), so a rank never holds the whole model. `model.frozen` is applied here, so
     every engine built from this config (training, resume, export verification) has the same trainable set and
-    hence the same ZeRO optimizer layout.
+    hence the same ZeRO optimizer layout; so is `model.lora` (adapters drawn from `seed`, base weights frozen).
     """
     _, model_cls = FAMILIES[model_cfg.family]
     torch.manual_seed(seed)
@@ -110,6 +110,13 @@ def build_model(model_cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torc
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if model_cfg.frozen:
         log.info("froze %d parameters under %s", freeze_parameters(model, list(model_cfg.frozen)), model_cfg.frozen)
+    if model_cfg.lora.enabled:
+        from train.models.hf_adapter import family_keys
+        from train.models.lora import apply_lora, lora_spec
+
+        n = apply_lora(model, lora_spec(model_cfg.lora), seed, family_keys(model_cfg.family).extra_prefixes)
+        log.info("LoRA: %d adapter parameters train, %d base parameters frozen", n,
+                 sum(p.numel() for p in model.parameters()) - n)
     return model
 
 
