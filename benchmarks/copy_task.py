@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from train.engine.lr_schedule import get_lr
+
 
 def build(model_name: str, vocab: int, overrides: list[str]) -> torch.nn.Module:
     """The tiny model of configs/model/<model_name>.yaml (text stack only), with `key=value` overrides."""
@@ -46,6 +48,14 @@ def build(model_name: str, vocab: int, overrides: list[str]) -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(text)
 
 
+def _optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    if not args.pipeline_optim:
+        return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    from train.engine.deepspeed_setup import optimizer_param_groups
+
+    return torch.optim.AdamW(optimizer_param_groups(model, 0.1), lr=args.lr, betas=(0.9, 0.95))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="qwen3_5_moe_tiny")
@@ -58,18 +68,37 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=50)
     ap.add_argument("--name", default=None, help="results file suffix (default: the model)")
     ap.add_argument("--seed", type=int, default=0, help="model init and data seed (circuit onset varies by seed)")
+    # The pipeline's settings, one at a time (configs/optim/adamw.yaml, configs/loss/default.yaml): what in it
+    # delays the circuit that this loop forms by step 100?
+    ap.add_argument("--pipeline_optim", action="store_true",
+                    help="weight decay 0.1 on matrices, betas (0.9, 0.95), clipping at 1.0")
+    ap.add_argument("--warmup", type=int, default=0, help="linear warm-up steps, then cosine to 0.1 x lr")
+    ap.add_argument("--router_losses", action="store_true", help="+ 1e-2 load-balancing loss + 1e-3 router z-loss (pretrain_commerce_tiny)")
+    ap.add_argument("--used", type=int, default=None, help="draw tokens from the first N ids only (a padded vocab)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     model = build(args.model, args.vocab, args.set)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
+    text = model.config
+    opt = _optimizer(model, args)
+    used = args.used or args.vocab
     curve, t0 = [], time.perf_counter()
     for step in range(1, args.steps + 1):
-        half = torch.randint(0, args.vocab, (args.batch, args.half))
+        half = torch.randint(0, used, (args.batch, args.half))
         ids = torch.cat([half, half], dim=1)
-        logits = model(input_ids=ids).logits
+        out = model(input_ids=ids, output_router_logits=args.router_losses)
+        logits = out.logits
         loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, args.vocab), ids[:, 1:].reshape(-1))
+        if args.router_losses:
+            from train.engine.losses import moe_losses
+
+            loss = moe_losses(logits, ids, out.router_logits, text.num_experts, text.num_experts_per_tok,
+                              aux_coef=1e-2, z_coef=1e-3).total
         opt.zero_grad()
         loss.backward()
+        if args.pipeline_optim:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for group in opt.param_groups:
+            group["lr"] = get_lr(step - 1, args.lr, args.warmup, args.steps, 0.1) if args.warmup else args.lr
         opt.step()
         if step % args.every == 0:
             acc = (logits[:, args.half:-1].argmax(-1) == ids[:, args.half + 1:]).float().mean().item()

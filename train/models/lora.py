@@ -13,8 +13,9 @@ Why this shape:
   `attach_expert_lora` points each AutoEP layer at its rank's rows after initialization. Each forward uses
   `w + scale * B A` for the local experts, so every expert path (upstream grouped GEMM, Triton, the local
   loop) runs unchanged on merged weights. Cost: the adapters of all E experts on every rank
-  (E * r * 3 * (H + I) per layer: 2.7% of Qwen3-30B-A3B at r=16, 1.9% of Qwen3.5-397B-A17B) and one [E_local, out, in] merged weight per
-  projection per layer in the autograd graph.
+  (E * r * 3 * (H + I) per layer: 2.7% of Qwen3-30B-A3B at r=16, 1.9% of Qwen3.5-397B-A17B) and one
+  [E_local, out, in] merged weight per projection per layer in the autograd graph.
+- Frozen experts need two DeepSpeed shims (train/models/autoep_shims.py, 5 and 6).
 - Export merges: `W + scale * B A` (`merge_linear`, `merge_experts`), so the export is a plain HF folder.
 """
 
