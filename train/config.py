@@ -28,6 +28,9 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     # Adapters on every routed expert's gate, up and down projection (AutoEP's w1, w3, w2).
     experts: bool = True
+    # Parameter-name prefixes trained in full beside the adapters (PEFT's modules_to_save), e.g. the embedding
+    # and head of a small model whose fine-tuning format uses tokens pretraining rarely saw.
+    trainable: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -55,9 +55,10 @@ def test_frozen_vision_tower_stays_put_while_the_language_model_trains(tmp_path,
 def test_a_frozen_prefix_that_matches_nothing_is_refused_by_name():
     from torch import nn
 
-    from train.models.build import freeze_parameters
+    from train.models.build import set_trainable
 
     model = nn.Sequential(nn.Linear(2, 2))
     with pytest.raises(ValueError, match=r"model.frozen: 'model.visual.' matches no parameter"):
-        freeze_parameters(model, ["model.visual."])
-    assert freeze_parameters(model, ["0.w"]) == 4 and not model[0].weight.requires_grad and model[0].bias.requires_grad
+        set_trainable(model, ["model.visual."], False, "model.frozen")
+    assert set_trainable(model, ["0.w"], False, "model.frozen") == 4
+    assert not model[0].weight.requires_grad and model[0].bias.requires_grad

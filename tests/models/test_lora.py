@@ -111,6 +111,15 @@ def test_only_adapters_train_and_base_weights_stay():
     assert any("in_proj_qkv.lora_A" in n for n in moved)
 
 
+def test_trainable_prefixes_train_in_full_beside_the_adapters():
+    from train.models.build import build_hf_config, build_model
+
+    cfg = compose([*QWEN3_5, "model.lora.trainable=[model.language_model.embed_tokens.,lm_head.]"])
+    model = build_model(cfg.model, build_hf_config(cfg.model), torch.float32, seed=0)
+    full = {n for n, p in model.named_parameters() if p.requires_grad and "lora" not in n}
+    assert full == {"model.language_model.embed_tokens.weight", "lm_head.weight"}
+
+
 def test_bad_lora_configs_fail_by_key():
     from train.config import validate
     from train.models.build import build_hf_config, build_model
@@ -121,6 +130,9 @@ def test_bad_lora_configs_fail_by_key():
         validate(compose([*QWEN3_5, "model.lora.rank=0"]))
     cfg = compose([*QWEN3_5, "model.lora.target_modules=[q_proj,qproj]"])
     with pytest.raises(ValueError, match=r"model.lora.target_modules: \['qproj'\] match no nn.Linear"):
+        build_model(cfg.model, build_hf_config(cfg.model), torch.float32, seed=0)
+    cfg = compose([*QWEN3_5, "model.lora.trainable=[model.embed_tokens.]"])
+    with pytest.raises(ValueError, match=r"model.lora.trainable: .model.embed_tokens.. matches no parameter"):
         build_model(cfg.model, build_hf_config(cfg.model), torch.float32, seed=0)
     with pytest.raises(Exception, match="lora_rank"):
         compose([*QWEN3_5, "model.lora.lora_rank=4"])

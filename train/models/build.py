@@ -109,27 +109,30 @@ def build_model(model_cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torc
     if model_cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if model_cfg.frozen:
-        log.info("froze %d parameters under %s", freeze_parameters(model, list(model_cfg.frozen)), model_cfg.frozen)
+        log.info("froze %d parameters under %s", set_trainable(model, list(model_cfg.frozen), False, "model.frozen"),
+                 model_cfg.frozen)
     if model_cfg.lora.enabled:
         from train.models.hf_adapter import family_keys
         from train.models.lora import apply_lora, lora_spec
 
         n = apply_lora(model, lora_spec(model_cfg.lora), seed, family_keys(model_cfg.family).extra_prefixes)
-        log.info("LoRA: %d adapter parameters train, %d base parameters frozen", n,
-                 sum(p.numel() for p in model.parameters()) - n)
+        full = set_trainable(model, list(model_cfg.lora.trainable), True, "model.lora.trainable")
+        log.info("LoRA: %d adapter parameters and %d in full (%s) train, %d frozen", n, full,
+                 list(model_cfg.lora.trainable), sum(p.numel() for p in model.parameters()) - n - full)
     return model
 
 
-def freeze_parameters(model: torch.nn.Module, prefixes: list[str]) -> int:
-    """Set requires_grad=False on parameters whose names start with one of `prefixes`; returns how many."""
+def set_trainable(model: torch.nn.Module, prefixes: list[str], trainable: bool, key: str) -> int:
+    """Set requires_grad on parameters whose names start with one of `prefixes`; returns how many elements.
+    A prefix that matches nothing is an error naming `key`."""
     names = [n for n, _ in model.named_parameters()]
     for prefix in prefixes:
         if not any(n.startswith(prefix) for n in names):
             roots = sorted({".".join(n.split(".")[:2]) + "." for n in names})
-            raise ValueError(f"model.frozen: {prefix!r} matches no parameter (names start with {roots})")
-    frozen = 0
+            raise ValueError(f"{key}: {prefix!r} matches no parameter (names start with {roots})")
+    n = 0
     for name, p in model.named_parameters():
         if any(name.startswith(prefix) for prefix in prefixes):
-            p.requires_grad_(False)
-            frozen += p.numel()
-    return frozen
+            p.requires_grad_(trainable)
+            n += p.numel()
+    return n
