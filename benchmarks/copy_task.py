@@ -15,7 +15,12 @@ What decides it here (benchmarks/results/copy_task_*.json): tied input and outpu
 unembedding of the token the head attends to; untied, that map must be learnt for all 1024 tokens first) and, in
 Qwen3.5, a full-attention layer before the GDN layer (with GDN first and partial RoPE, still at chance at 1500).
 In the demo those two did not carry over (README: fine-tuning got worse, pretraining still did not copy).
-Writes benchmarks/results/copy_task_<model>.json (the curve).
+Bisection (2026-12-01, tied attention-first, results copy_task_bis_*.json): the pipeline's optimizer (weight decay
+0.1, beta2 0.95, clipping), its router losses and its warm-up each still copy by step 100-125; drawing tokens from
+560 of 1024 ids (2 seeds) or of 4096 ids (to step 350) does not copy at all, while 560 of 576 copies by step 100
+(2 seeds). Vocabulary rows that are never a target block the circuit; byte-level BPE on the commerce text leaves
+~40% of its rows unused (931 of 1470 tokens occur in pretraining, even with the dialogs in the mix).
+Writes benchmarks/results/copy_task_<name>.json (the curve).
 """
 
 from __future__ import annotations
