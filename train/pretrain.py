@@ -77,7 +77,9 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
     checkpointer = Checkpointer(run_dir / "checkpoints", cfg.trainer.keep_last, dist_info.rank,
                                 dist_info.world_size)
     topology = Topology(dist_info.world_size, cfg.parallel.ep_size, cfg.deepspeed.zero_stage)
-    plan = checkpointer.plan_resume(topology) if cfg.trainer.resume else None
+    no_universal = ("model.lora freezes the AutoEP experts, and DeepSpeed 0.19.8's ds_to_universal cannot convert "
+                    "frozen experts" if cfg.model.lora.enabled else None)
+    plan = checkpointer.plan_resume(topology, no_universal) if cfg.trainer.resume else None
     engine = build_engine(cfg, model, load_universal=plan is not None and plan.universal)
 
     batches = data.batches(cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps, dist_info.rank,

@@ -157,8 +157,11 @@ class Checkpointer:
                           "\n  ".join(problems))
         return None
 
-    def plan_resume(self, topology: Topology) -> ResumePlan | None:
-        """The latest intact checkpoint and whether it must be loaded through a universal conversion."""
+    def plan_resume(self, topology: Topology, no_universal: str | None = None) -> ResumePlan | None:
+        """The latest intact checkpoint and whether it must be loaded through a universal conversion.
+
+        `no_universal`: why this run's checkpoints cannot be converted; a topology change is then refused with it.
+        """
         tag = self.latest_intact()
         if tag is None:
             return None
@@ -172,6 +175,10 @@ class Checkpointer:
                 raise ValueError(f"{self.dir / tag}: saved with {saved}, this run has {topology}; "
                                  "changing topology is supported for ZeRO stages 0-2 only (ZeRO-3 universal "
                                  "checkpoints drift after one step). Resume with the saved ep_size and world size.")
+            if no_universal:
+                raise ValueError(f"{self.dir / tag}: saved with {saved}, this run has {topology}; {no_universal}. "
+                                 "Resume with the saved world size, ep_size and ZeRO stage, or export the checkpoint "
+                                 "and start a new run from it (model.init_from=<export>).")
             log.info("checkpoint %s was saved with %s; this run has %s: loading through a universal checkpoint",
                      tag, saved, topology)
             self._convert_to_universal(tag)
