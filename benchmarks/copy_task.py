@@ -98,12 +98,14 @@ def main() -> None:
         ids = torch.cat([half, half], dim=1)
         out = model(input_ids=ids, output_router_logits=args.router_losses)
         logits = out.logits
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, args.vocab), ids[:, 1:].reshape(-1))
         if args.router_losses:
             from train.engine.losses import moe_losses
 
             loss = moe_losses(logits, ids, out.router_logits, text.num_experts, text.num_experts_per_tok,
                               aux_coef=1e-2, z_coef=1e-3).total
+        else:
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, args.vocab),
+                                                     ids[:, 1:].reshape(-1))
         opt.zero_grad()
         loss.backward()
         if args.pipeline_optim:

@@ -31,7 +31,7 @@ from train.config import ModelConfig
 from train.models import hf_side_files
 from train.models.hf_adapter import HEAD_WEIGHT, expert_to_hf, family_keys, head_is_tied, to_hf
 from train.models.hf_import import shard_index
-from train.models.lora import EXPERTS_LORA, LORA_A, LORA_B, merge_experts, merge_linear
+from train.models.lora import EXPERTS_LORA, LORA_A, LORA_B, lora_spec, merge_experts, merge_linear
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +152,6 @@ def _layer_order(name: str) -> tuple[int, int]:
     return (0, 0) if "embed" in name or "visual" in name else (2, 0)
 
 
-def lora_scale(source: ExportSource) -> float | None:
-    """alpha / rank of the run's `model.lora`, None for a run without adapters."""
-    lora = model_config(source).lora
-    return lora.alpha / lora.rank if lora.enabled else None
-
-
 def _dense_and_adapters(reader: DeepSpeedCheckpointReader, scale: float | None) -> tuple[list[str], set[str]]:
     """The dense names to export, and the adapter names (merged into their base weights, never written)."""
     names = reader.dense_names()
@@ -251,8 +245,9 @@ def export_checkpoint(ckpt_dir: str | Path, out: str | Path, dtype: torch.dtype 
     try:
         writer = ShardWriter(tmp, dtype, max_shard_bytes)
         n_tensors = n_mtp = 0
+        lora = model_config(source).lora
         for name, tensor in hf_tensors(reader, source.family, tied_head=head_is_tied(hf_config),
-                                       lora_scale=lora_scale(source)):
+                                       lora_scale=lora_spec(lora).scale if lora.enabled else None):
             if n_tensors == 0:
                 warn_if_upcast(reader.layout, tensor.dtype, dtype)
             writer.add(name, tensor)

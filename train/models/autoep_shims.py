@@ -104,11 +104,13 @@ def _restore_frozen_experts(engine, checkpoint: dict) -> int:
     `load_moe_state_dict` filled from this rank's own expert files). Returns the number of tensors restored."""
     from deepspeed.module_inject.auto_ep_layer import AutoEPMoELayer
 
+    from train.checkpoint.ds_checkpoint_reader import EXPERT_WEIGHTS
+
     state, n = checkpoint["module"], 0
     for name, module in engine.module.named_modules():
         if not isinstance(module, AutoEPMoELayer):
             continue
-        for w in ("w1", "w2", "w3"):
+        for w in EXPERT_WEIGHTS:
             param = getattr(module.experts, w)
             key = f"{name}.experts.{w}"
             if not param.requires_grad and key in state:

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from train.checkpoint.ds_checkpoint_reader import EXPERT_WEIGHTS  # AutoEP: w1 gate [E, I, H], w2 down, w3 up
+
 LORA_A, LORA_B = "lora_A", "lora_B"
 EXPERTS_LORA = "experts_lora"
-EXPERT_WEIGHTS = ("w1", "w2", "w3")  # AutoEP: w1 gate [E, I, H], w2 down [E, H, I], w3 up [E, I, H]
 
 
 @dataclass(frozen=True)
