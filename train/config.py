@@ -84,6 +84,8 @@ class OptimConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
+    # lr multiplier of the input embedding (and of the output embedding when tied); 0 keeps it frozen in place.
+    embedding_lr_scale: float = 1.0
 
 
 @dataclass
@@ -325,6 +327,8 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
         raise ValueError(f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} must be in [0, 1]")
     if cfg.optim.grad_clip < 0:
         raise ValueError(f"optim.grad_clip={cfg.optim.grad_clip} must be >= 0 (0 disables clipping)")
+    if cfg.optim.embedding_lr_scale < 0:
+        raise ValueError(f"optim.embedding_lr_scale={cfg.optim.embedding_lr_scale} must be >= 0")
     if cfg.data.length_group_steps < 0:
         raise ValueError(f"data.length_group_steps={cfg.data.length_group_steps} must be >= 0 (0 disables it)")
     if cfg.data.length_group_steps and cfg.data.streaming:

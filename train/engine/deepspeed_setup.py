@@ -65,16 +65,26 @@ def deepspeed_config(cfg: PretrainConfig, model: nn.Module, load_universal: bool
     }
 
 
-def optimizer_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decay matrices and expert weights, not norms or biases; DeepSpeed splits out its MoE groups after AutoEP."""
-    decay, no_decay = [], []
+def optimizer_param_groups(model: nn.Module, weight_decay: float, embedding_lr_scale: float = 1.0) -> list[dict[str, Any]]:
+    """Decay matrices and expert weights, not norms or biases; DeepSpeed splits out its MoE groups after AutoEP.
+
+    The input embedding (the output one too when tied) gets its own group whose `lr_scale` the training loop
+    applies: at a tiny model's lr, Adam moves rows that are rare or never a target fast enough to delay copying
+    from context by hundreds of steps (benchmarks/copy_task.py --embed_lr_scale).
+    """
+    embedding = model.get_input_embeddings().weight if embedding_lr_scale != 1.0 else None
+    decay, no_decay, embed = [], [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [
+            (embed if p is embedding else decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [
         {"params": decay, "weight_decay": weight_decay, "name": "decay"},
         {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
     ]
+    if embed:
+        groups.append({"params": embed, "weight_decay": weight_decay, "name": "embedding",
+                       "lr_scale": embedding_lr_scale})
+    return groups
 
 
 def build_engine(cfg: PretrainConfig, model: nn.Module, load_universal: bool = False):
@@ -84,7 +94,7 @@ def build_engine(cfg: PretrainConfig, model: nn.Module, load_universal: bool = F
     autoep_shims.patch_output_capture_registry()
     autoep_shims.patch_frozen_expert_restore()
     ds_config = deepspeed_config(cfg, model, load_universal)
-    groups = optimizer_param_groups(model, cfg.optim.weight_decay)
+    groups = optimizer_param_groups(model, cfg.optim.weight_decay, cfg.optim.embedding_lr_scale)
     with autoep_shims.autoep_text_view(model), autoep_shims.frozen_experts_optimizer():
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=ds_config)
     n = autoep_shims.capture_raw_router_logits(engine.module)

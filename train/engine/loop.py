@@ -85,7 +85,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
     while step < s.max_steps:
         lr = get_lr(step, s.lr, s.warmup_steps, s.max_steps, s.min_lr_ratio)
         for group in engine.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         sums = torch.zeros(5, dtype=torch.float64)  # total, lm, aux, z, non-finite count
         micro_batches = batches.next_step()
         bad_rows: list[int] = []  # packed-row indices of micro-batches with a non-finite loss
