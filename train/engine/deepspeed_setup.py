@@ -68,9 +68,9 @@ def deepspeed_config(cfg: PretrainConfig, model: nn.Module, load_universal: bool
 def optimizer_param_groups(model: nn.Module, weight_decay: float, embedding_lr_scale: float = 1.0) -> list[dict[str, Any]]:
     """Decay matrices and expert weights, not norms or biases; DeepSpeed splits out its MoE groups after AutoEP.
 
-    The input embedding (the output one too when tied) gets its own group whose `lr_scale` the training loop
-    applies: at a tiny model's lr, Adam moves rows that are rare or never a target fast enough to delay copying
-    from context by hundreds of steps (benchmarks/copy_task.py --embed_lr_scale).
+    With `embedding_lr_scale` != 1 the input embedding (the output one too when tied) gets its own group whose
+    `lr_scale` the training loop applies (embedding lr multipliers are common in small-model recipes; see
+    configs/optim/adamw.yaml for what it did on benchmarks/copy_task.py).
     """
     embedding = model.get_input_embeddings().weight if embedding_lr_scale != 1.0 else None
     decay, no_decay, embed = [], [], []
