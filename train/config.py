@@ -14,6 +14,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from train.engine.lr_schedule import SCHEDULES
+
 MODEL_FAMILIES = ("qwen3_moe", "qwen3_5_moe")
 
 
@@ -79,6 +81,9 @@ class OptimConfig:
     lr: float = 3e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
+    # after warmup: "cosine" decays from there, "wsd" holds lr and decays linearly over the last decay_fraction
+    schedule: str = "cosine"
+    decay_fraction: float = 0.2
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -325,6 +330,9 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
         raise ValueError(f"parallel.ep_size={cfg.parallel.ep_size} does not divide the world size {world_size}")
     if not 0.0 <= cfg.optim.min_lr_ratio <= 1.0:
         raise ValueError(f"optim.min_lr_ratio={cfg.optim.min_lr_ratio} must be in [0, 1]")
+    _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    if not 0.0 < cfg.optim.decay_fraction <= 1.0:
+        raise ValueError(f"optim.decay_fraction={cfg.optim.decay_fraction} must be in (0, 1]")
     if cfg.optim.grad_clip < 0:
         raise ValueError(f"optim.grad_clip={cfg.optim.grad_clip} must be >= 0 (0 disables clipping)")
     if cfg.optim.embedding_lr_scale < 0:

@@ -108,6 +108,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         max_steps=cfg.trainer.max_steps, log_every=cfg.logger.log_every,
         checkpoint_every=cfg.trainer.checkpoint_every, stop_after_steps=cfg.trainer.stop_after_steps,
         lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps, min_lr_ratio=cfg.optim.min_lr_ratio,
+        schedule=cfg.optim.schedule, decay_fraction=cfg.optim.decay_fraction,
         aux_coef=cfg.loss.aux_coef, z_coef=cfg.loss.z_coef, num_experts=text.num_experts,
         top_k=text.num_experts_per_tok, flops_per_token=flops_per_token(hf_config, cfg.data.seq_len),
         peak_tflops=device_peak_tflops(cfg.trainer.peak_tflops_per_device),

@@ -36,6 +36,8 @@ class LoopSettings:
     lr: float
     warmup_steps: int
     min_lr_ratio: float
+    schedule: str
+    decay_fraction: float
     aux_coef: float
     z_coef: float
     num_experts: int
@@ -83,7 +85,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
     vision = vision_parameters(engine.module)
     engine.train()
     while step < s.max_steps:
-        lr = get_lr(step, s.lr, s.warmup_steps, s.max_steps, s.min_lr_ratio)
+        lr = get_lr(step, s.lr, s.warmup_steps, s.max_steps, s.min_lr_ratio, s.schedule, s.decay_fraction)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         sums = torch.zeros(5, dtype=torch.float64)  # total, lm, aux, z, non-finite count
