@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from train.checkpoint.checkpointer import Checkpointer, rng_state
 from train.engine import fault_injection
-from train.engine.losses import moe_losses, touch_unused, vision_parameters
+from train.engine.losses import labelled_logit_positions, moe_losses, touch_unused, vision_parameters
 from train.engine.lr_schedule import get_lr
 from train.engine.nonfinite import NonFinitePolicy
 from train.metrics.expert_load import CollapseMonitor, ExpertLoad
@@ -93,9 +93,10 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
         bad_rows: list[int] = []  # packed-row indices of micro-batches with a non-finite loss
         for mb in micro_batches:  # {"inputs": model kwargs (ids, positions, images), "labels": ...}
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in mb["inputs"].items()}
-            out = engine(**inputs, output_router_logits=True, use_cache=False)
-            terms = moe_losses(out.logits, mb["labels"].to(device), out.router_logits, s.num_experts, s.top_k,
-                               s.aux_coef, s.z_coef)
+            labels = mb["labels"].to(device)
+            out = engine(**inputs, output_router_logits=True, use_cache=False,
+                         logits_to_keep=labelled_logit_positions(labels))
+            terms = moe_losses(out.logits, labels, out.router_logits, s.num_experts, s.top_k, s.aux_coef, s.z_coef)
             total = fault_injection.poison_loss(terms.total, step + 1)
             fault_injection.after_forward(step + 1)
             engine.backward(total + touch_unused(vision, "pixel_values" not in inputs))

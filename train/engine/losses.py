@@ -23,11 +23,28 @@ class LossTerms:
     z: torch.Tensor
 
 
+def labelled_logit_positions(labels: torch.Tensor) -> torch.Tensor:
+    """Boolean (batch, seq) mask of the positions whose next token is labelled: the only logits the loss reads.
+
+    Passed to the model as `logits_to_keep`, the LM head runs on these rows alone. At the tiny demo's size the
+    head (hidden x vocab) costs about as much as the three layers under it, and fine-tuning labels only the
+    assistant's tokens, so most of that cost was spent on logits nobody used.
+    """
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
+
+
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross entropy over labelled positions, in fp32, as transformers computes it."""
+    """Mean next-token cross entropy over labelled positions, in fp32, as transformers computes it.
+
+    `logits` is either (batch, seq, vocab) or (n, vocab): the rows at `labelled_logit_positions(labels)`, in order.
+    """
+    shift_labels = labels[:, 1:].to(logits.device)
+    if logits.dim() == 2:
+        return F.cross_entropy(logits.float(), shift_labels[shift_labels != IGNORE_INDEX])
     shift_logits = logits[:, :-1, :].float().reshape(-1, logits.shape[-1])
-    shift_labels = labels[:, 1:].reshape(-1).to(shift_logits.device)
-    return F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(shift_logits, shift_labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 def load_balancing_loss(router_logits: tuple[torch.Tensor, ...], num_experts: int, top_k: int) -> torch.Tensor:
