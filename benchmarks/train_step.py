@@ -4,6 +4,8 @@
     .venv/bin/torchrun --nproc_per_node 2 -m benchmarks.train_step --ep 2       # EP=2 on 2 processes
     .venv/bin/python -m benchmarks.train_step --experts 8,16,32,64              # step time vs expert count
     python -m benchmarks.train_step --preset qwen3_30b_a3b_4l --device cuda     # GPU: 30B-A3B shape, 4 layers
+    .venv/bin/python -m benchmarks.train_step --preset qwen3_5_moe_tiny --labelled 0.35 --lm-head all,labelled
+                                                     # LM head on every position vs on the labelled ones only
 
 Tokens are random (no data pipeline), so this measures the model step only. Each row: tokens/s (all ranks),
 TFLOP/s per device from active-parameter FLOPs, MFU against the device peak, peak memory per rank.
@@ -13,6 +15,7 @@ Writes benchmarks/results/train_step_<name>.json from rank 0.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -43,9 +46,12 @@ def _compose(overrides: list[str]):
         return compose(config_name="pretrain", overrides=overrides)
 
 
-def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, warmup: int, dist_info) -> dict:
+def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, warmup: int, dist_info,
+            labelled: float = 1.0, lm_head: str = "labelled") -> dict:
+    """`labelled`: the fraction of each row's positions (its tail, like an SFT answer) that carry a label;
+    `lm_head`: "all" computes logits everywhere, "labelled" only where the loss reads them (as the loop does)."""
     from train.engine.deepspeed_setup import build_engine, resolve_dtype
-    from train.engine.losses import moe_losses
+    from train.engine.losses import labelled_logit_positions, moe_losses
     from train.metrics.throughput import active_params_per_token, device_peak_tflops, flops_per_token
     from train.models.build import build_hf_config, build_model
 
@@ -57,6 +63,9 @@ def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, wa
     text = hf_config.get_text_config()
     g = torch.Generator().manual_seed(dist_info.rank)
     ids = torch.randint(0, text.vocab_size, (micro_batch, seq_len), generator=g).to(dist_info.device)
+    labels = ids.clone()
+    labels[:, : round(seq_len * (1.0 - labelled))] = -100
+    keep = labelled_logit_positions(labels) if lm_head == "labelled" else 0
     times = []
     if dist_info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -64,8 +73,8 @@ def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, wa
         if dist_info.device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        out = engine(input_ids=ids, output_router_logits=True, use_cache=False)
-        loss = moe_losses(out.logits, ids, out.router_logits, text.num_experts, text.num_experts_per_tok,
+        out = engine(input_ids=ids, output_router_logits=True, use_cache=False, logits_to_keep=keep)
+        loss = moe_losses(out.logits, labels, out.router_logits, text.num_experts, text.num_experts_per_tok,
                           cfg.loss.aux_coef, cfg.loss.z_coef).total
         engine.backward(loss)
         engine.step()
@@ -84,7 +93,7 @@ def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, wa
 
         mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {
-        "overrides": overrides, "micro_batch": micro_batch, "seq_len": seq_len, "ep_size": cfg.parallel.ep_size,
+        "overrides": overrides, "labelled": labelled, "lm_head": lm_head, "micro_batch": micro_batch, "seq_len": seq_len, "ep_size": cfg.parallel.ep_size,
         "world_size": dist_info.world_size, "num_experts": text.num_experts, "top_k": text.num_experts_per_tok,
         "active_params": active_params_per_token(hf_config), "step_ms": 1e3 * step_s,
         "tokens_per_s": tokens_per_s_rank * dist_info.world_size, "tflops_per_device": tflops,
@@ -103,6 +112,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--zero", type=int, default=1)
+    ap.add_argument("--labelled", type=float, default=1.0, help="fraction of positions with a label")
+    ap.add_argument("--lm-head", default="labelled", help="comma-separated: all, labelled")
     ap.add_argument("--extra", default="", help="extra Hydra overrides, space separated")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
@@ -123,13 +134,21 @@ def main() -> None:
     else:
         runs = [PRESETS[p] for p in presets]
     rows = []
-    for overrides in runs:
-        row = measure([*overrides, *common], args.micro_batch, args.seq_len, args.steps, args.warmup, dist_info)
+    heads = args.lm_head.split(",")
+    for overrides, lm_head in itertools.product(runs, heads):
+        row = measure([*overrides, *common], args.micro_batch, args.seq_len, args.steps, args.warmup, dist_info,
+                      args.labelled, lm_head)
         rows.append(row)
         if dist_info.is_main:
-            print(f"{' '.join(overrides):<70} E={row['num_experts']:<4} ep={row['ep_size']} step "
+            print(f"{' '.join(overrides):<50} head={lm_head:<8} E={row['num_experts']:<4} ep={row['ep_size']} step "
                   f"{row['step_ms']:8.1f} ms  {row['tokens_per_s']:9.0f} tok/s  {row['tflops_per_device']:7.3f} "
                   f"TFLOP/s  MFU {100 * row['mfu']:5.1f}%  mem {row['peak_memory_gib_rank0']:.2f} GiB", flush=True)
+    if dist_info.is_main and len(heads) > 1:
+        for i in range(0, len(rows), len(heads)):
+            pair = rows[i:i + len(heads)]
+            print(f"{' '.join(pair[0]['overrides'][:1])}: step time "
+                  + ", ".join(f"{r['lm_head']} {r['step_ms'] / pair[0]['step_ms']:.2f}x" for r in pair)
+                  + f" of {pair[0]['lm_head']} ({args.labelled:.0%} of positions labelled)")
     if dist_info.is_main:
         name = args.name or f"train_step_{dist_info.device.type}_ep{args.ep}" + ("_experts" if args.experts else "")
         out = Path(__file__).parent / "results" / f"{name}.json"
