@@ -1,4 +1,4 @@
-"""`python -m data_pipelines.commerce_world out=DIR seed=0 [train_dialogs=3000 ...]` writes a commerce world."""
+"""`python -m data_pipelines.commerce_world out=DIR seed=0 [train_dialogs=12000 ...]` writes a commerce world."""
 
 from __future__ import annotations
 
