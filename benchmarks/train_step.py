@@ -93,7 +93,8 @@ def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, wa
 
         mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {
-        "overrides": overrides, "labelled": labelled, "lm_head": lm_head, "micro_batch": micro_batch, "seq_len": seq_len, "ep_size": cfg.parallel.ep_size,
+        "overrides": overrides, "labelled": labelled, "lm_head": lm_head, "micro_batch": micro_batch,
+        "seq_len": seq_len, "ep_size": cfg.parallel.ep_size,
         "world_size": dist_info.world_size, "num_experts": text.num_experts, "top_k": text.num_experts_per_tok,
         "active_params": active_params_per_token(hf_config), "step_ms": 1e3 * step_s,
         "tokens_per_s": tokens_per_s_rank * dist_info.world_size, "tflops_per_device": tflops,
