@@ -52,7 +52,7 @@ def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, wa
     `lm_head`: "all" computes logits everywhere, "labelled" only where the loss reads them (as the loop does)."""
     from train.engine.deepspeed_setup import build_engine, resolve_dtype
     from train.engine.losses import labelled_logit_positions, moe_losses
-    from train.metrics.throughput import active_params_per_token, device_peak_tflops, flops_per_token
+    from train.metrics.throughput import active_params_per_token, device_peak_tflops, training_flops
     from train.models.build import build_hf_config, build_model
 
     cfg = _compose([*overrides, f"trainer.micro_batch_size={micro_batch}", f"data.seq_len={seq_len}"])
@@ -66,6 +66,7 @@ def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, wa
     labels = ids.clone()
     labels[:, : round(seq_len * (1.0 - labelled))] = -100
     keep = labelled_logit_positions(labels) if lm_head == "labelled" else 0
+    logits_per_step = int(keep.sum()) if lm_head == "labelled" else micro_batch * seq_len
     times = []
     if dist_info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -84,7 +85,7 @@ def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, wa
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
     tokens_per_s_rank = micro_batch * seq_len / step_s
-    tflops = tokens_per_s_rank * flops_per_token(hf_config, seq_len) / 1e12
+    tflops = training_flops(hf_config, seq_len).of(micro_batch * seq_len, logits_per_step) / step_s / 1e12
     peak = device_peak_tflops(cfg.trainer.peak_tflops_per_device)
     if dist_info.device.type == "cuda":
         mem = torch.cuda.max_memory_allocated() / 2**30

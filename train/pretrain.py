@@ -51,7 +51,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
     from train.engine.loop import LoopSettings, train_loop
     from train.metrics.expert_load import CollapseMonitor, ExpertLoad
     from train.metrics.logger import MetricsLogger
-    from train.metrics.throughput import device_peak_tflops, flops_per_token
+    from train.metrics.throughput import device_peak_tflops, training_flops
     from train.models.build import build_model
 
     run_dir = Path(run_dir)
@@ -110,7 +110,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps, min_lr_ratio=cfg.optim.min_lr_ratio,
         schedule=cfg.optim.schedule, decay_fraction=cfg.optim.decay_fraction,
         aux_coef=cfg.loss.aux_coef, z_coef=cfg.loss.z_coef, num_experts=text.num_experts,
-        top_k=text.num_experts_per_tok, flops_per_token=flops_per_token(hf_config, cfg.data.seq_len),
+        top_k=text.num_experts_per_tok, flops=training_flops(hf_config, cfg.data.seq_len),
         peak_tflops=device_peak_tflops(cfg.trainer.peak_tflops_per_device),
         nonfinite=cfg.trainer.nonfinite, max_nonfinite_skips=cfg.trainer.max_nonfinite_skips,
         meta={"topology": topology.as_dict(), "family": cfg.model.family},

@@ -23,6 +23,7 @@ from train.engine.lr_schedule import get_lr
 from train.engine.nonfinite import NonFinitePolicy
 from train.metrics.expert_load import CollapseMonitor, ExpertLoad
 from train.metrics.logger import MetricsLogger
+from train.metrics.throughput import TrainingFlops
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class LoopSettings:
     z_coef: float
     num_experts: int
     top_k: int
-    flops_per_token: float
+    flops: TrainingFlops
     peak_tflops: float
     nonfinite: str = "stop"
     max_nonfinite_skips: int = 0
@@ -80,7 +81,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
     world = dist.get_world_size() if dist.is_initialized() else 1
     step = start_step
     steps_this_run = 0
-    window_tokens, window_t0 = 0, time.perf_counter()
+    window_tokens, window_logits, window_t0 = 0, 0, time.perf_counter()
     last: dict[str, Any] = {}
     vision = vision_parameters(engine.module)
     engine.train()
@@ -94,8 +95,8 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
         for mb in micro_batches:  # {"inputs": model kwargs (ids, positions, images), "labels": ...}
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in mb["inputs"].items()}
             labels = mb["labels"].to(device)
-            out = engine(**inputs, output_router_logits=True, use_cache=False,
-                         logits_to_keep=labelled_logit_positions(labels))
+            keep = labelled_logit_positions(labels)
+            out = engine(**inputs, output_router_logits=True, use_cache=False, logits_to_keep=keep)
             terms = moe_losses(out.logits, labels, out.router_logits, s.num_experts, s.top_k, s.aux_coef, s.z_coef)
             total = fault_injection.poison_loss(terms.total, step + 1)
             fault_injection.after_forward(step + 1)
@@ -108,6 +109,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
                 bad_rows += mb.get("rows", [])
             expert_load.update(out.router_logits)
             window_tokens += mb["labels"].numel()
+            window_logits += keep.sum()  # a tensor: no device sync per micro-batch
         step += 1
         steps_this_run += 1
         flags = torch.tensor([sums[4].item(), float(stop.requested), float(not engine.was_step_applied())],
@@ -122,17 +124,19 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
         mean = reduced[:4] / (world * len(micro_batches))
         if step % s.log_every == 0 or step == s.max_steps:
             elapsed = time.perf_counter() - window_t0
-            tokens = torch.tensor([float(window_tokens)], device=device)  # rows differ in length after trimming
+            # rows differ in length after trimming, and in labelled positions
+            counts = torch.tensor([float(window_tokens), float(window_logits)], dtype=torch.float64, device=device)
             if world > 1:
-                dist.all_reduce(tokens)
-            tokens_per_s = float(tokens) / elapsed
+                dist.all_reduce(counts)
+            tokens, logits = counts.tolist()
+            tokens_per_s = tokens / elapsed
             grad_norm = engine.get_global_grad_norm()
             last = {
                 "loss": float(mean[0]), "lm_loss": float(mean[1]), "aux_loss": float(mean[2]),
                 "z_loss": float(mean[3]), "lr": lr,
                 "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
                 "tokens": int(tokens), "tokens_per_s": tokens_per_s,
-                "tflops_per_device": tokens_per_s / world * s.flops_per_token / 1e12,
+                "tflops_per_device": s.flops.of(tokens, logits) / elapsed / world / 1e12,
                 "peak_memory_gib": _peak_memory_gib(device),
                 "steps_this_run": steps_this_run, "nonfinite_skips": nonfinite.skipped,
             }
@@ -143,7 +147,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
             for warning in collapse if metrics.enabled else []:
                 log.warning("expert collapse at step %d: %s", step, warning)
             metrics.log(step, last)
-            window_tokens, window_t0 = 0, time.perf_counter()
+            window_tokens, window_logits, window_t0 = 0, 0, time.perf_counter()
         stopping = bool(reduced[5] > 0) or (s.stop_after_steps is not None and steps_this_run >= s.stop_after_steps)
         if step % s.checkpoint_every == 0 or step == s.max_steps or stopping:
             meta = {**s.meta, "data": batches.state_dict(), "wandb_id": metrics.wandb_id}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 from transformers import PretrainedConfig
@@ -10,6 +11,11 @@ from transformers import PretrainedConfig
 # Dense bf16 peak TFLOP/s (no sparsity) for GPUs we expect; others set trainer.peak_tflops_per_device.
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0,
                    "B200": 2250.0}
+
+
+def lm_head_params(config: PretrainedConfig) -> int:
+    t = config.get_text_config()
+    return t.hidden_size * t.vocab_size
 
 
 def active_params_per_token(config: PretrainedConfig) -> int:
@@ -31,16 +37,33 @@ def active_params_per_token(config: PretrainedConfig) -> int:
     shared = 3 * h * getattr(t, "shared_expert_intermediate_size", 0) + (h if gated else 0)
     moe = h * t.num_experts + t.num_experts_per_tok * expert + shared
     total = sum(full_attn if lt == "full_attention" else linear_attn for lt in layer_types)
-    return total + t.num_hidden_layers * moe + h * t.vocab_size
+    return total + t.num_hidden_layers * moe + lm_head_params(config)
 
 
-def flops_per_token(config: PretrainedConfig, seq_len: int) -> float:
-    """Training FLOPs per token: 6 x active params plus causal attention scores (6 * layers * heads * dim * S/2 * 2)."""
+@dataclass(frozen=True)
+class TrainingFlops:
+    """Training FLOPs (forward + backward) of a step, split where the work differs: the layers run on every
+    position, the LM head only on the positions whose next token is labelled (`losses.labelled_logit_positions`).
+    Counting the head on every position made fine-tuning's MFU read high by about the head's share of the
+    model, which at the tiny demo's size is as large as its layers."""
+
+    per_token: float  # layers and attention scores, per position
+    per_logit: float  # the LM head, per row of logits computed
+
+    def of(self, tokens: float, logits: float) -> float:
+        return tokens * self.per_token + logits * self.per_logit
+
+
+def training_flops(config: PretrainedConfig, seq_len: int) -> TrainingFlops:
+    """6 x active parameters, plus causal attention scores (6 * layers * heads * dim * S/2 * 2) per token."""
     t = config.get_text_config()
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
     layer_types = getattr(t, "layer_types", None) or ["full_attention"] * t.num_hidden_layers
     n_full = sum(1 for lt in layer_types if lt == "full_attention")
-    return 6.0 * active_params_per_token(config) + 6.0 * n_full * t.num_attention_heads * head_dim * seq_len
+    head = lm_head_params(config)
+    attention_scores = 6.0 * n_full * t.num_attention_heads * head_dim * seq_len
+    return TrainingFlops(per_token=6.0 * (active_params_per_token(config) - head) + attention_scores,
+                         per_logit=6.0 * head)
 
 
 def measure_cpu_peak_tflops(n: int = 1024, repeats: int = 5) -> float:
