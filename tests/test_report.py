@@ -73,7 +73,10 @@ def _summary(success: float, kinds: dict[str, float], image: tuple[float, float]
         s["image_qa_acc_with_image"], s["image_qa_acc_without_image"] = image
         s.update(reference_digit_acc=0.4, reference_assistant_token_acc=0.9, reference_dialogs=4,
                  reference_digits=100, reference_arg_acc=0.5, **{"reference_arg_acc[city]": 1.0,
-                                                                 "reference_arg_acc[item_id]": 0.0})
+                                                                 "reference_arg_acc[item_id]": 0.0,
+                                                                 "reference_arg_start_acc[city]": 1.0,
+                                                                 "reference_arg_start_acc[item_id]": 0.25,
+                                                                 "reference_arg_continue_acc[item_id]": 0.5})
     return s
 
 
@@ -184,6 +187,7 @@ def test_report_md_tables_and_na(report):
     assert "Copying from the context (eval): 40.0% of the digits" in md
     assert "Copying from the context (baseline)" not in md
     assert "Tool-call arguments written exactly (eval): 50.0%; city 100.0%, item_id 0.0%" in md
+    assert "the rest given the true start: city 100.0% / n/a, item_id 25.0% / 50.0%" in md
     assert "Image questions (baseline): n/a with the image, n/a with it blanked" in md
     assert "Image questions (eval): 80.0% with the image, 30.0% with it blanked" in md
     assert "Task success on held-out scenarios: baseline 0.0%, eval 75.0%" in md

@@ -1,6 +1,7 @@
 """Teacher-forced scoring of the reference dialogs: a model that always predicts the next token scores 1, one
 that never writes a digit scores 0 on digits, and the digits counted are exactly those the assistant wrote;
-argument values score 0 exactly where they hold a digit the model gets wrong, in both tool-call formats."""
+argument values score 0 exactly where they hold a digit the model gets wrong, in both tool-call formats, and a
+value's start (the token that picks which value to copy) is scored apart from its continuation."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ from data_pipelines.commerce_world.catalogue import build_catalogue
 from data_pipelines.commerce_world.dialogs import write_dialog
 from data_pipelines.commerce_world.scenarios import draw_scenarios
 from data_pipelines.tokenizer import train_bpe_tokenizer
-from train.eval.reference_dialogs import argument_spans, digit_token_ids, evaluate_reference_dialogs
+from train.eval.reference_dialogs import (
+    argument_scores,
+    argument_spans,
+    digit_token_ids,
+    evaluate_reference_dialogs,
+)
 
 
 class _Fixed(torch.nn.Module):
@@ -97,6 +103,8 @@ def test_a_model_that_knows_the_next_token_scores_one(world) -> None:
     assert scores["reference_dialogs_without_offsets"] == 0
     assert scores["reference_arg_acc"] == 1.0
     assert all(scores[f"reference_arg_acc[{name}]"] == 1.0 for name in names)
+    assert all(scores[f"reference_arg_start_acc[{name}]"] == 1.0 for name in names)
+    assert scores["reference_arg_continue_acc[order_id]"] == 1.0
 
 
 def test_an_argument_with_one_wrong_digit_is_wrong(world) -> None:
@@ -124,3 +132,37 @@ def test_a_model_that_writes_no_digits_scores_zero_on_them(world) -> None:
     scores = _score(world, lambda ids: torch.full_like(ids, space))
     assert scores["reference_digit_acc"] == 0.0
     assert 0.0 < scores["reference_assistant_token_acc"] < 0.5
+
+
+def test_start_and_continuation_are_scored_apart() -> None:
+    """The start is the first token after the prefix every value of the argument shares ("I" of item ids)."""
+    item, b, e = 7, 8, 9
+    scores = argument_scores([("item_id", [item, 4, 9], [True, False, True]),
+                              ("item_id", [item, 5, 1], [True, True, True]),
+                              ("city", [b, e], [False, True])])
+    assert scores["reference_arg_acc"] == pytest.approx(1 / 3)
+    assert scores["reference_arg_acc[item_id]"] == 0.5 and scores["reference_arg_acc[city]"] == 0.0
+    assert scores["reference_arg_start_acc[item_id]"] == 0.5
+    assert scores["reference_arg_continue_acc[item_id]"] == 1.0
+    assert scores["reference_arg_start_acc[city]"] == 0.0 and scores["reference_arg_continue_acc[city]"] == 1.0
+
+
+def test_a_model_that_misses_only_where_a_copy_starts(world) -> None:
+    """Wrong on the first digit of every run of digits, right on the rest given the true ones: ids are never right,
+    their starts all wrong and their continuations all right; cities are untouched."""
+    _, _, tok = world
+    digits = torch.tensor(digit_token_ids(tok))
+    wrong_digit = dict(zip(digits.tolist(), digits.roll(1).tolist(), strict=True))
+
+    def next_but_first_digits_off(ids: torch.Tensor) -> torch.Tensor:
+        nxt = torch.roll(ids, -1, dims=-1)
+        starts = torch.isin(nxt, digits) & ~torch.isin(ids, digits)
+        return torch.where(starts, nxt.apply_(lambda t: wrong_digit.get(t, t)), torch.roll(ids, -1, dims=-1))
+
+    scores = _score(world, next_but_first_digits_off)
+    for name in ("item_id", "order_id"):
+        assert scores[f"reference_arg_acc[{name}]"] == 0.0
+        assert scores[f"reference_arg_start_acc[{name}]"] == 0.0
+        assert scores[f"reference_arg_continue_acc[{name}]"] == 1.0
+    assert scores["reference_arg_start_acc[city]"] == 1.0 and scores["reference_arg_acc[city]"] == 1.0
+    assert 0.0 < scores["reference_digit_acc"] < 1.0

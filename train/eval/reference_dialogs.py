@@ -7,12 +7,18 @@ result, so the accuracy on digits measures copying from the context: a model tha
 instead of the ones in front of it has high accuracy on the template tokens and low accuracy on digits.
 Per tool-call argument (`reference_arg_acc[city]`, `[item_id]`, ...), a value counts only when all its tokens
 are right: one wrong digit of an id is a failed order, which per-digit accuracy hides.
+
+Each value is also split where copying can fail in two different ways. Its *start* is the first token after the
+prefix that all values of the argument share (the digit after an item id's "I", a price's first digit, a city's
+first letter): there the model must pick which of several candidates in the context to copy, by what the user or
+the tool said around it. Its *continuation* is every later token given the true tokens before it: there copying
+only has to carry on from where the source was found. `reference_arg_start_acc[...]` and
+`reference_arg_continue_acc[...]` tell a model that cannot find a value from one that cannot copy it.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
 from pathlib import Path
 
 import torch
@@ -46,9 +52,12 @@ def argument_spans(text: str) -> list[tuple[str, int, int]]:
     return spans
 
 
+Argument = tuple[str, list[int], list[bool]]  # name, the value's token ids, whether each was predicted
+
+
 def _argument_results(tokenizer: PreTrainedTokenizerBase, ids: list[int], keep: torch.Tensor,
-                      right: torch.Tensor) -> list[tuple[str, bool]] | None:
-    """(name, all tokens right) per argument value the assistant wrote; None where offsets cannot be recovered."""
+                      right: torch.Tensor) -> list[Argument] | None:
+    """Each argument value the assistant wrote, with per-token results; None where offsets cannot be recovered."""
     text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     if enc["input_ids"] != list(ids):
@@ -59,7 +68,34 @@ def _argument_results(tokenizer: PreTrainedTokenizerBase, ids: list[int], keep: 
     for name, a, b in argument_spans(text):
         tokens = [j for j, (s, e) in enumerate(offsets) if j > 0 and s < b and e > a]
         if tokens and all(keep[j - 1] for j in tokens):  # written by the assistant, not quoted back to it
-            out.append((name, all(right[j - 1] for j in tokens)))
+            out.append((name, [ids[j] for j in tokens], [bool(right[j - 1]) for j in tokens]))
+    return out
+
+
+def _shared_prefix(values: list[list[int]]) -> int:
+    """How many leading tokens every value has in common, leaving each at least one (none for a single value)."""
+    if len({tuple(v) for v in values}) < 2:
+        return 0
+    n = min(len(v) for v in values) - 1
+    return next((i for i in range(n) if any(v[i] != values[0][i] for v in values)), n)
+
+
+def argument_scores(arguments: list[Argument]) -> dict[str, float]:
+    """Whole-value accuracy per argument name, and its start / continuation split (see the module docstring)."""
+    by_name: dict[str, list[Argument]] = {}
+    for a in arguments:
+        by_name.setdefault(a[0], []).append(a)
+    out: dict[str, float] = {}
+    if arguments:
+        out["reference_arg_acc"] = sum(all(r) for _, _, r in arguments) / len(arguments)
+    for name in sorted(by_name):
+        group = by_name[name]
+        out[f"reference_arg_acc[{name}]"] = sum(all(r) for _, _, r in group) / len(group)
+        skip = _shared_prefix([v for _, v, _ in group])
+        later = [x for _, _, r in group for x in r[skip + 1:]]
+        out[f"reference_arg_start_acc[{name}]"] = sum(r[skip] for _, _, r in group) / len(group)
+        if later:
+            out[f"reference_arg_continue_acc[{name}]"] = sum(later) / len(later)
     return out
 
 
@@ -81,7 +117,7 @@ def evaluate_reference_dialogs(model: PreTrainedModel, tokenizer: PreTrainedToke
     with state.split_between_processes(list(enumerate(lines))) as mine:
         for n, line in mine:
             counts = torch.zeros(4, dtype=torch.long)  # assistant tokens right, assistant tokens, digits right, digits
-            arguments: list[tuple[str, bool]] | None = []
+            arguments: list[Argument] | None = []
             for sample in encoder(line, f"{path}:{n + 1}"):
                 logits, labels = teacher_forced(model, collate, sample, pad)
                 keep = labels != IGNORE_INDEX
@@ -93,17 +129,10 @@ def evaluate_reference_dialogs(model: PreTrainedModel, tokenizer: PreTrainedToke
             local.append((counts.tolist(), arguments))
     results = gather_object(local) if state.num_processes > 1 else local
     right, total, digit_right, digit_total = (sum(c[i] for c, _ in results) for i in range(4))
-    args_right, args_total = Counter(), Counter()
-    for _, arguments in results:
-        for name, ok in arguments or []:
-            args_total[name] += 1
-            args_right[name] += ok
+    arguments = [a for _, found in results for a in found or []]
     out = {"reference_assistant_token_acc": right / max(1, total),
            "reference_digit_acc": digit_right / max(1, digit_total),
            "reference_dialogs": len(results), "reference_digits": digit_total,
-           "reference_args": sum(args_total.values()),
-           "reference_dialogs_without_offsets": sum(arguments is None for _, arguments in results)}
-    if args_total:
-        out["reference_arg_acc"] = sum(args_right.values()) / sum(args_total.values())
-        out.update({f"reference_arg_acc[{k}]": args_right[k] / args_total[k] for k in sorted(args_total)})
-    return out
+           "reference_args": len(arguments),
+           "reference_dialogs_without_offsets": sum(found is None for _, found in results)}
+    return out | argument_scores(arguments)

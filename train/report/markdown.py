@@ -63,6 +63,13 @@ def render(numbers: dict[str, Any], eval_names: list[str], score_rows: list[tupl
             if per_argument:
                 out.append(f"- Tool-call arguments written exactly ({name}): {_percent(e['reference_arg_acc'])}; "
                            + ", ".join(f"{k} {_percent(v)}" for k, v in sorted(per_argument.items())))
+            starts = {k: e[f"reference_arg_start_acc[{k}]"] for k in per_argument
+                      if f"reference_arg_start_acc[{k}]" in e}
+            if starts:
+                out.append(f"- Where an argument's copy fails ({name}): its first distinguishing token (which value "
+                           "to copy), then the rest given the true start: "
+                           + ", ".join(f"{k} {_percent(v)} / {_percent(e.get(f'reference_arg_continue_acc[{k}]'))}"
+                                       for k, v in sorted(starts.items())))
     for name, s in stages.items():
         out.append(f"- Stage `{name}`: {s['steps']} steps, final loss {format_value(s['final_loss'])}, "
                    f"{_rate(s['tokens_per_s'])} tokens/s, MFU {_percent(s['mfu'])}, "
