@@ -29,7 +29,8 @@ All of the above repeat every span at the same offset, which one attention head 
 `half` back and copy), with no content matching. `--vary` gives each row its own span length (half/2..half), as the
 records and dialogs do, so only an induction circuit predicts the repeat. With it (half 48) nothing copies: tied
 attention-first over all 1024 ids 0.2% through 375 steps (fixed offset: 94-99% by 100), with the embedding
-held in place over 560 of 1444 ids 0.2% at 100, the default layout (to 1500 steps) and a dense 4-layer Qwen3 (to 400; copy_task_vary_*.json) too.
+held in place over 560 of 1444 ids 0.2% at 100, the default layout (to 1500 steps) and a dense 4-layer Qwen3 (to 400; copy_task_vary_*.json) too, and
+the default layout with RoPE on all 64 dims at theta 1e4 (to 1500, copy_task_vary_rope1e4_full.json).
 Writes benchmarks/results/copy_task_<name>.json (the curve).
 """
 
