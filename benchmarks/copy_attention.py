@@ -4,7 +4,8 @@
 
 `reference_arg_start_acc[...]` (train/eval/reference_dialogs.py) says which values the model fails to find; this
 says how it finds the ones it does. Teacher-forced on held-out reference dialogs (eager attention), at the position
-that predicts a value's start (for item and order ids, the digit after the I/O every id shares), each head's most
+that predicts a value's start (the first token after the prefix all values of the argument share, as
+`reference_arg_start_acc` defines it: for item and order ids the digit after the I/O), each head's most
 attended earlier position is put in one of three classes: the start token itself where it occurs earlier in the
 dialog (`start`, what an induction head does after the token before it), a token 1-3 positions after such an
 occurrence (`after+k`: an anchor that follows the value, such as the colon of a time), or anywhere else (`other`).
@@ -26,7 +27,6 @@ from pathlib import Path
 
 import torch
 
-SHARED_PREFIX_ARGUMENTS = ("item_id", "order_id")  # "I4921", "O8779": the start is the first digit
 SKIP_LAST = 8
 
 
@@ -39,22 +39,12 @@ def classify(top: int, occurrences: list[int]) -> str:
     return "start" if k == 0 else f"after+{k}"
 
 
-def argument_starts(tokenizer, ids: list[int], names: tuple[str, ...]) -> list[tuple[str, int]]:
-    """(name, position of the start token) for every argument value in the rendered sample."""
-    from train.eval.reference_dialogs import argument_spans
-
-    text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    if enc["input_ids"] != list(ids):
-        return []
-    offsets = enc["offset_mapping"]
-    out = []
-    for name, a, b in argument_spans(text):
-        tokens = [j for j, (s, e) in enumerate(offsets) if j > 0 and s < b and e > a]
-        start = 1 if name in SHARED_PREFIX_ARGUMENTS else 0
-        if name in names and len(tokens) > start:
-            out.append((name, tokens[start]))
-    return out
+def argument_starts(found: list[tuple[str, list[int]]], names: tuple[str, ...],
+                    prefix: dict[str, int]) -> list[tuple[str, int]]:
+    """(name, position of the start token) of each argument in `found` (`reference_dialogs.argument_tokens`);
+    `prefix[name]` is how many leading tokens all values of the argument share (`reference_dialogs.shared_prefix`)."""
+    return [(name, tokens[prefix.get(name, 0)]) for name, tokens in found
+            if name in names and len(tokens) > prefix.get(name, 0)]
 
 
 @torch.no_grad()
@@ -64,6 +54,7 @@ def probe(model, tokenizer, world_dir: str, limit: int, names: tuple[str, ...]) 
     from data_pipelines.collate import Collator
     from data_pipelines.encode import Encoder, EncodeSpec
     from data_pipelines.packing import pack_samples
+    from train.eval.reference_dialogs import argument_tokens, shared_prefix
 
     path = Path(world_dir) / "dialogs" / "test.jsonl"
     encoder = Encoder(tokenizer, EncodeSpec(kind="chat", seq_len=1 << 16, render_tools=False))
@@ -72,22 +63,29 @@ def probe(model, tokenizer, world_dir: str, limit: int, names: tuple[str, ...]) 
     text = model.config.get_text_config()
     types = getattr(text, "layer_types", None) or ["full_attention"] * text.num_hidden_layers
     full_layers = [i for i, t in enumerate(types) if t == "full_attention"]  # the only ones with attention maps
+    samples = [sample for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()[:limit])
+               for sample in encoder(line, f"{path}:{n + 1}")]
+    found = [argument_tokens(tokenizer, sample["input_ids"]) or [] for sample in samples]
+    values: dict[str, list[list[int]]] = {}
+    for sample, arguments in zip(samples, found, strict=True):
+        for name, tokens in arguments:
+            values.setdefault(name, []).append([sample["input_ids"][j] for j in tokens])
+    prefix = {name: shared_prefix(v) for name, v in values.items()}
     counts: dict[str, Counter] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()[:limit]):
-        for sample in encoder(line, f"{path}:{n + 1}"):
-            ids = sample["input_ids"]
-            batch = collate(pack_samples([sample], len(ids), "per_document", tokenizer.pad_token_id))
-            out = model(**batch["inputs"], output_attentions=True, use_cache=False)
-            layers = list(zip(full_layers, [a[0] for a in out.attentions if a is not None], strict=True))
-            for name, start in argument_starts(tokenizer, ids, names):
-                query = start - 1
-                if query <= SKIP_LAST:
-                    continue
-                occurrences = [i for i in range(query - SKIP_LAST) if ids[i] == ids[start]]
-                for layer, att in layers:
-                    for head in range(att.shape[0]):
-                        top = int(att[head, query, : query - SKIP_LAST].argmax())
-                        counts.setdefault(f"{name} layer {layer} head {head}", Counter())[classify(top, occurrences)] += 1
+    for sample, arguments in zip(samples, found, strict=True):
+        ids = sample["input_ids"]
+        batch = collate(pack_samples([sample], len(ids), "per_document", tokenizer.pad_token_id))
+        out = model(**batch["inputs"], output_attentions=True, use_cache=False)
+        layers = list(zip(full_layers, [a[0] for a in out.attentions if a is not None], strict=True))
+        for name, start in argument_starts(arguments, names, prefix):
+            query = start - 1
+            if query <= SKIP_LAST:
+                continue
+            occurrences = [i for i in range(query - SKIP_LAST) if ids[i] == ids[start]]
+            for layer, att in layers:
+                for head in range(att.shape[0]):
+                    top = int(att[head, query, : query - SKIP_LAST].argmax())
+                    counts.setdefault(f"{name} layer {layer} head {head}", Counter())[classify(top, occurrences)] += 1
     return {k: {c: v / sum(n.values()) for c, v in n.most_common()} for k, n in sorted(counts.items())}
 
 
@@ -99,14 +97,9 @@ def main() -> None:
     ap.add_argument("--arguments", default="city,count,item_id,max_price,order_id,time")
     ap.add_argument("--name", default="model")
     args = ap.parse_args()
-    from transformers import AutoTokenizer
+    from train.eval.model_agent import load_export
 
-    from train.eval.model_agent import FAMILIES
-
-    family = json.loads((Path(args.model) / "config.json").read_text())["model_type"]
-    cls = next(c for cfg_cls, c in FAMILIES.values() if cfg_cls.model_type == family)
-    model = cls.from_pretrained(args.model, dtype=torch.float32, attn_implementation="eager").eval()
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model, tokenizer, _ = load_export(args.model, None, torch.float32, attn_implementation="eager")
     result = probe(model, tokenizer, args.world, args.limit, tuple(args.arguments.split(",")))
     for key, classes in result.items():
         print(f"{key:26s} " + "  ".join(f"{c} {100 * v:.0f}%" for c, v in classes.items()))

@@ -3,17 +3,14 @@ one that looks k tokens past it as `after+k`, and the layers are named by their 
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from benchmarks.copy_attention import SKIP_LAST, argument_starts, classify, probe
-from data_pipelines.commerce_world.catalogue import build_catalogue
-from data_pipelines.commerce_world.dialogs import write_dialog
-from data_pipelines.commerce_world.scenarios import draw_scenarios
-from data_pipelines.tokenizer import train_bpe_tokenizer
+from tests.eval.reference_world import write_reference_world
+from train.eval.reference_dialogs import argument_tokens, shared_prefix
 
 
 def test_classify() -> None:
@@ -48,14 +45,9 @@ class _Pointing(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    cat = build_catalogue(seed=3)
-    dialogs = [write_dialog(sc, cat) for sc in draw_scenarios(cat, "test", 8, seed=3)]
     root = tmp_path_factory.mktemp("world")
-    (root / "dialogs").mkdir()
-    (root / "dialogs" / "test.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dialogs))
-    texts = [m.get("content") or json.dumps(m.get("tool_calls"), ensure_ascii=False) for d in dialogs
-             for m in d["messages"]]
-    return root, train_bpe_tokenizer(texts, 600, root / "tok", chat_template="qwen3_5_nothink")
+    _, tok = write_reference_world(root, 8, "qwen3_5_nothink")
+    return root, tok
 
 
 def test_starts_are_the_digit_after_the_id_prefix(world) -> None:
@@ -63,7 +55,8 @@ def test_starts_are_the_digit_after_the_id_prefix(world) -> None:
     text = "<tool_call>\n<function=place_order>\n<parameter=item_id>\nI4705\n</parameter>\n<parameter=count>\n2\n" \
            "</parameter>\n</function>\n</tool_call>"
     ids = tok(text, add_special_tokens=False)["input_ids"]
-    starts = argument_starts(tok, ids, ("item_id", "count"))
+    item_ids = [tok(v, add_special_tokens=False)["input_ids"] for v in ("I4705", "I3912")]
+    starts = argument_starts(argument_tokens(tok, ids), ("item_id", "count"), {"item_id": shared_prefix(item_ids)})
     assert [(name, tok.decode([ids[j]])) for name, j in starts] == [("item_id", "4"), ("count", "2")]
 
 

@@ -5,17 +5,13 @@ value's start (the token that picks which value to copy) is scored apart from it
 
 from __future__ import annotations
 
-import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 from accelerate import PartialState
 
-from data_pipelines.commerce_world.catalogue import build_catalogue
-from data_pipelines.commerce_world.dialogs import write_dialog
-from data_pipelines.commerce_world.scenarios import draw_scenarios
-from data_pipelines.tokenizer import train_bpe_tokenizer
+from tests.eval.reference_world import write_reference_world
 from train.eval.reference_dialogs import (
     argument_scores,
     argument_spans,
@@ -38,14 +34,8 @@ class _Fixed(torch.nn.Module):
 
 @pytest.fixture(scope="module", params=["qwen3_5_nothink", "qwen3"])
 def world(tmp_path_factory, request):
-    cat = build_catalogue(seed=3)
-    dialogs = [write_dialog(sc, cat) for sc in draw_scenarios(cat, "test", 12, seed=3)]
     root = tmp_path_factory.mktemp("world")
-    (root / "dialogs").mkdir()
-    (root / "dialogs" / "test.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in dialogs))
-    texts = [m.get("content") or json.dumps(m.get("tool_calls"), ensure_ascii=False) for d in dialogs
-             for m in d["messages"]]
-    tok = train_bpe_tokenizer(texts, 600, root / "tok", chat_template=request.param)
+    dialogs, tok = write_reference_world(root, 12, request.param)
     return root, dialogs, tok
 
 

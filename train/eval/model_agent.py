@@ -19,9 +19,10 @@ from train.models.build import FAMILIES
 TOOL_CALL_STYLE = {"qwen3_moe": "qwen3_json", "qwen3_5_moe": "qwen3_5_xml"}
 
 
-def load_export(model_path: str | os.PathLike, device_map: str | None = None,
-                dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
-    """The model (transformers' class for its model_type), its tokenizer, and its family name."""
+def load_export(model_path: str | os.PathLike, device_map: str | None = None, dtype: torch.dtype = torch.float32,
+                attn_implementation: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, str]:
+    """The model (transformers' class for its model_type), its tokenizer, and its family name; `eager` attention
+    where its weights are wanted (transformers' default otherwise)."""
     path = Path(model_path)
     config_file = path / "config.json"
     if not config_file.exists():
@@ -32,7 +33,7 @@ def load_export(model_path: str | os.PathLike, device_map: str | None = None,
         raise ValueError(f"{config_file}: model_type {model_type!r} is not one of {sorted(FAMILIES)}")
     model_cls = FAMILIES[family][1]
     model = model_cls.from_pretrained(path, dtype=dtype, device_map=device_map, trust_remote_code=False,
-                                      use_safetensors=True).eval()
+                                      use_safetensors=True, attn_implementation=attn_implementation).eval()
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     return model, tokenizer, family
 

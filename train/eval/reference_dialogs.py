@@ -55,24 +55,34 @@ def argument_spans(text: str) -> list[tuple[str, int, int]]:
 Argument = tuple[str, list[int], list[bool]]  # name, the value's token ids, whether each was predicted
 
 
-def _argument_results(tokenizer: PreTrainedTokenizerBase, ids: list[int], keep: torch.Tensor,
-                      right: torch.Tensor) -> list[Argument] | None:
-    """Each argument value the assistant wrote, with per-token results; None where offsets cannot be recovered."""
+def argument_tokens(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[tuple[str, list[int]]] | None:
+    """(name, token positions) of each tool-call argument value in a rendered sample; None where the decoded text
+    does not tokenize back to `ids` (offsets cannot be recovered)."""
     text = tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     if enc["input_ids"] != list(ids):
         return None
     offsets = enc["offset_mapping"]
-    keep, right = keep.tolist(), right.tolist()
     out = []
     for name, a, b in argument_spans(text):
         tokens = [j for j, (s, e) in enumerate(offsets) if j > 0 and s < b and e > a]
-        if tokens and all(keep[j - 1] for j in tokens):  # written by the assistant, not quoted back to it
-            out.append((name, [ids[j] for j in tokens], [bool(right[j - 1]) for j in tokens]))
+        if tokens:
+            out.append((name, tokens))
     return out
 
 
-def _shared_prefix(values: list[list[int]]) -> int:
+def _argument_results(tokenizer: PreTrainedTokenizerBase, ids: list[int], keep: torch.Tensor,
+                      right: torch.Tensor) -> list[Argument] | None:
+    """Each argument value the assistant wrote, with per-token results; None where offsets cannot be recovered."""
+    found = argument_tokens(tokenizer, ids)
+    if found is None:
+        return None
+    keep, right = keep.tolist(), right.tolist()
+    return [(name, [ids[j] for j in tokens], [bool(right[j - 1]) for j in tokens]) for name, tokens in found
+            if all(keep[j - 1] for j in tokens)]  # written by the assistant, not quoted back to it
+
+
+def shared_prefix(values: list[list[int]]) -> int:
     """How many leading tokens every value has in common, leaving each at least one (none for a single value)."""
     if len({tuple(v) for v in values}) < 2:
         return 0
@@ -91,7 +101,7 @@ def argument_scores(arguments: list[Argument]) -> dict[str, float]:
     for name in sorted(by_name):
         group = by_name[name]
         out[f"reference_arg_acc[{name}]"] = sum(all(r) for _, _, r in group) / len(group)
-        skip = _shared_prefix([v for _, v, _ in group])
+        skip = shared_prefix([v for _, v, _ in group])
         later = [x for _, _, r in group for x in r[skip + 1:]]
         out[f"reference_arg_start_acc[{name}]"] = sum(r[skip] for _, _, r in group) / len(group)
         if later:
