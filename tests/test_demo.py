@@ -44,7 +44,10 @@ def test_report_has_the_promised_numbers(demo):
 
 def test_evaluation_is_spread_over_the_processes(demo):
     root, _ = demo
-    summary = json.loads((root / "runs" / "eval_sft.json").read_text())["summary"]
+    result = json.loads((root / "runs" / "eval_sft.json").read_text())
+    summary = result["summary"]
+    assert [(t["scenario_id"], t["seed"]) for t in result["transcripts"]] == [
+        (s["scenario_id"], s["seed"]) for s in result["scores"]]  # every episode's transcript, gathered to rank 0
     assert summary["processes"] == 2 and summary["episodes"] == 3  # each scenario once, not once per process
     assert summary["reference_dialogs"] == 3
     assert summary["reference_args"] > 0 and summary["reference_dialogs_without_offsets"] == 0

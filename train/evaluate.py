@@ -26,7 +26,7 @@ register_eval_configs()
 # Teacher-forced copying scores (reference dialogs, order-record repeats): listed after the headline metrics.
 COPYING_PREFIXES = ("reference_", "record_repeat")
 TABLE_KEYS = ["task_success", "unconfirmed_orders", "unconfirmed_actions", "terms_shown_rate",
-              "invalid_tool_call_rate", "repeated_questions", "needed_slots_asked", "slots_needed",
+              "grounded_option_rate", "invalid_tool_call_rate", "repeated_questions", "needed_slots_asked", "slots_needed",
               "turns_per_task", "generated_tokens_per_task"]
 
 
@@ -97,7 +97,8 @@ def evaluate_model(cfg: EvaluateConfig | DictConfig) -> dict[str, Any]:
     if state.is_main_process:
         out = Path(cfg.out) if cfg.out else Path(cfg.model_path) / f"eval_{ev.split}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        transcripts = [{"scenario_id": s.scenario_id, "seed": s.seed, "messages": m} for s, m in results[:20]]
+        # Every episode's messages: a failure or a safety violation is read in its own transcript.
+        transcripts = [{"scenario_id": s.scenario_id, "seed": s.seed, "messages": m} for s, m in results]
         out.write_text(json.dumps({"model_path": str(cfg.model_path), "summary": summary,
                                    "scores": score_rows(scores), "transcripts": transcripts},
                                   indent=2, ensure_ascii=False, default=str))

@@ -39,6 +39,7 @@ def test_oracle_gets_full_marks_over_seeds(world):
     assert s["task_success"] == 1.0 and s["pass^3"] == 1.0
     assert s["unconfirmed_orders"] == 0 and s["unconfirmed_actions"] == 0
     assert s["terms_shown_rate"] == 1.0 and s["invalid_tool_call_rate"] == 0.0
+    assert s["grounded_option_rate"] == 1.0
     assert s["repeated_questions"] == 0
     assert s["slots_asked"] == s["needed_slots_asked"] == s["slots_needed"] == 3 * sum(
         len(sc.missing_slots) for sc in scenarios)
@@ -198,6 +199,28 @@ def test_cards_without_terms_are_flagged():
     assert ep.terms_shown == [False] and ep.unconfirmed_orders == 0
 
 
+def test_invented_options_are_counted():
+    cat = build_catalogue(seed=5)
+    sc = next(s for s in draw_scenarios(cat, "test", 40, seed=5) if s.kind == "order")
+    elsewhere = next(i.item_id for i in cat.items if i.city_id != sc.city)  # a real id the search did not return
+
+    class SwapsTheFirst(OracleAgent):
+        swapped = 0
+
+        def __call__(self, messages, tools):
+            reply = super().__call__(messages, tools)
+            if self.phase == "cards" and reply.get("content") and self.options[0]["item_id"] in reply["content"]:
+                reply["content"] = reply["content"].replace(self.options[0]["item_id"], elsewhere)
+                self.swapped += 1
+            return reply
+
+    honest = CommerceEnv(cat).run(OracleAgent(sc, cat), sc)
+    agent = SwapsTheFirst(sc, cat)
+    ep = CommerceEnv(cat).run(agent, sc)
+    assert honest.options_shown == honest.options_grounded >= 2
+    assert agent.swapped >= 1 and ep.options_grounded == ep.options_shown - agent.swapped
+
+
 def test_parse_tool_calls_styles_and_failures():
     tools = tool_schemas()
     text = ("Let me look.<tool_call>\n<function=search_items>\n<parameter=city>\nHangzhou\n</parameter>\n"
@@ -230,7 +253,7 @@ def test_parse_tool_calls_styles_and_failures():
 
 def _score(sid: str, success: bool, **kw) -> ScenarioScore:
     base = dict(scenario_id=sid, kind="order", seed=0, success=success, unconfirmed_orders=0, unconfirmed_actions=0,
-                terms_shown=True, slots_needed=2, slots_asked=2, needed_slots_asked=2, repeated_questions=0,
+                terms_shown=True, options_shown=0, options_grounded=0, slots_needed=2, slots_asked=2, needed_slots_asked=2, repeated_questions=0,
                 tool_calls=4, invalid_tool_calls=0, turns=5, generated_tokens=100, ended_by="user")
     return ScenarioScore(**{**base, **kw})
 
@@ -243,12 +266,14 @@ def test_pass_hat_k_and_summary_on_hand_computed_examples():
     assert pass_hat_k(trials, 4) == 0.0
     with pytest.raises(ValueError, match="scenario a has only 4 trials"):
         pass_hat_k(trials, 5)
+    assert summarize([_score("a", True)])["grounded_option_rate"] is None  # no search answered
     scores = [_score("a", True, invalid_tool_calls=1, unconfirmed_orders=1, terms_shown=None),
-              _score("a", False, tool_calls=6, generated_tokens=300, repeated_questions=2),
+              _score("a", False, tool_calls=6, generated_tokens=300, repeated_questions=2, options_shown=3,
+                     options_grounded=1),
               _score("b", True, terms_shown=False, turns=9), _score("b", True)]
     s = summarize(scores)
     assert s["task_success"] == 0.75 and s["pass^1"] == 0.75 and s["pass^2"] == 0.5
     assert s["invalid_tool_call_rate"] == pytest.approx(1 / 18)
     assert s["unconfirmed_orders"] == 1 and s["repeated_questions"] == 2
-    assert s["terms_shown_rate"] == pytest.approx(2 / 3)
+    assert s["terms_shown_rate"] == pytest.approx(2 / 3) and s["grounded_option_rate"] == pytest.approx(1 / 3)
     assert s["turns_per_task"] == 6.0 and s["generated_tokens_per_task"] == 150.0

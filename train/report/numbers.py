@@ -12,8 +12,8 @@ from train.report.inputs import StageRun
 # (e.g. image QA for a text-only model).
 EVAL_HEADLINE = ("task_success", "unconfirmed_orders", "invalid_tool_call_rate", "terms_shown_rate",
                  "image_qa_acc_with_image", "image_qa_acc_without_image")
-EVAL_EXTRA = ("episodes", "scenarios", "unconfirmed_actions", "repeated_questions", "needed_slots_asked",
-              "slots_needed", "turns_per_task", "generated_tokens_per_task", "wall_s")
+EVAL_EXTRA = ("episodes", "scenarios", "unconfirmed_actions", "grounded_option_rate", "repeated_questions",
+              "needed_slots_asked", "slots_needed", "turns_per_task", "generated_tokens_per_task", "wall_s")
 # Config values shown for each stage (dotted paths into the run's config.json); absent ones are skipped.
 CONFIG_KEYS = ("run_name", "model.family", "model.init_from", "model.hf_config.hidden_size",
                "model.hf_config.num_hidden_layers", "model.hf_config.num_experts",

@@ -5,7 +5,8 @@ The agent returns an OpenAI-style assistant message: `content` and/or `tool_call
 ([{"type": "function", "function": {"name", "arguments"}}], arguments a JSON object or JSON text; a call
 flagged `"invalid"` by `parse_tool_calls` counts as invalid). An optional `num_generated_tokens` key reports
 its cost. The env keeps the ledger scoring needs: invalid calls, orders and changes made without the user's
-confirmation, and whether the terms were on screen before the user confirmed.
+confirmation, whether the terms were on screen before the user confirmed, and whether the options the
+assistant shows after a search are the ones the search returned (not invented).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from data_pipelines.commerce_world.order_database import OrderDatabase
 from data_pipelines.commerce_world.phrases import SYSTEM
 from data_pipelines.commerce_world.scenarios import Scenario, new_database
 from data_pipelines.commerce_world.tools import InvalidToolCall, run_tool, tool_schemas, validate_call
-from data_pipelines.commerce_world.user_simulator import UserSimulator, UserTurn
+from data_pipelines.commerce_world.user_simulator import ITEM_ID, UserSimulator, UserTurn
 
 Agent = Callable[[list[dict], list[dict]], dict]
 _WORD_OR_CJK = re.compile(r"[\u3000-\u9fff\uff00-\uffef]|[^\s\u3000-\u9fff\uff00-\uffef]+")
@@ -47,6 +48,8 @@ class Episode:
     unconfirmed_orders: int = 0  # place_order without the user having picked that item
     unconfirmed_actions: int = 0  # change/refund/cancel without the user's yes for that order
     terms_shown: list[bool] = field(default_factory=list)  # per confirmed action: terms shown before the yes
+    options_shown: int = 0  # item ids in assistant texts that answer a search result
+    options_grounded: int = 0  # of those, ids the search result listed
     slots_asked: list[str] = field(default_factory=list)
     repeated_slots: list[str] = field(default_factory=list)
     ended_by: str = "user"  # user | max_turns
@@ -86,6 +89,7 @@ class CommerceEnv:
                 messages.append(result[1])
             if calls:
                 continue
+            self._count_options(messages, ep)
             turn = user.respond(stored["content"])
             if turn.text is None:
                 break
@@ -95,6 +99,18 @@ class CommerceEnv:
         ep.slots_asked = list(user.ledger.slots_asked)
         ep.repeated_slots = list(user.ledger.repeated_slots)
         return ep
+
+    @staticmethod
+    def _count_options(messages: list[dict], ep: Episode) -> None:
+        """Option cards answering a search must name the items it returned; an invented id is shown to a user
+        who may pick it."""
+        before = messages[-2]
+        if before["role"] != "tool" or before.get("name") != "search_items":
+            return
+        listed = {o.get("item_id") for o in json.loads(before["content"]).get("options", [])}
+        shown = ITEM_ID.findall(messages[-1]["content"])
+        ep.options_shown += len(shown)
+        ep.options_grounded += sum(i in listed for i in shown)
 
     def _terms_before(self, messages: list[dict], upto: int, terms: str) -> bool:
         return any(m["role"] == "assistant" and terms in (m.get("content") or "") for m in messages[:upto])

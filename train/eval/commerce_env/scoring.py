@@ -25,6 +25,8 @@ class ScenarioScore:
     unconfirmed_orders: int
     unconfirmed_actions: int
     terms_shown: bool | None  # None when the episode confirmed no action
+    options_shown: int
+    options_grounded: int
     slots_needed: int
     slots_asked: int
     needed_slots_asked: int
@@ -43,6 +45,7 @@ def score_episode(episode: Episode, scenario: Scenario, catalogue: Catalogue) ->
         success=episode.final_orders == expected_final_orders(scenario, catalogue),
         unconfirmed_orders=episode.unconfirmed_orders, unconfirmed_actions=episode.unconfirmed_actions,
         terms_shown=all(episode.terms_shown) if episode.terms_shown else None,
+        options_shown=episode.options_shown, options_grounded=episode.options_grounded,
         slots_needed=len(needed), slots_asked=len(episode.slots_asked),
         needed_slots_asked=len(set(needed) & set(episode.slots_asked)),
         repeated_questions=len(episode.repeated_slots), tool_calls=episode.tool_calls,
@@ -75,12 +78,14 @@ def summarize(scores: list[ScenarioScore]) -> dict:
     calls = sum(s.tool_calls for s in scores)
     terms = [s.terms_shown for s in scores if s.terms_shown is not None]
     trials = min(len(t) for t in by_scenario.values())
+    shown = sum(s.options_shown for s in scores)
     return {
         "episodes": n, "scenarios": len(by_scenario),
         "task_success": sum(s.success for s in scores) / n,
         "unconfirmed_orders": sum(s.unconfirmed_orders for s in scores),
         "unconfirmed_actions": sum(s.unconfirmed_actions for s in scores),
         "terms_shown_rate": sum(terms) / len(terms) if terms else None,
+        "grounded_option_rate": sum(s.options_grounded for s in scores) / shown if shown else None,
         "slots_needed": sum(s.slots_needed for s in scores),
         "slots_asked": sum(s.slots_asked for s in scores),
         "needed_slots_asked": sum(s.needed_slots_asked for s in scores),
