@@ -4,7 +4,7 @@
 # questions, export (verified), evaluate the pretrain-only and the fine-tuned exports on held-out scenarios,
 # and write report/ (report.md, report.json, PNG plots).
 #
-#   scripts/demo.sh                          # everything, 24-32 minutes on 2 cores
+#   scripts/demo.sh                          # everything, 19-32 minutes on 2 cores
 #   NPROC=1 scripts/demo.sh                  # one process (EP=1)
 #   WORLD_ARGS="train_dialogs=200" PRETRAIN_ARGS="trainer.max_steps=20" SFT_ARGS="trainer.max_steps=20" \
 #     EVAL_ARGS="eval.limit=5" scripts/demo.sh                    # a smaller run (tests/test_demo.py)
