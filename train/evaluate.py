@@ -26,8 +26,8 @@ register_eval_configs()
 # Teacher-forced copying scores (reference dialogs, order-record repeats): listed after the headline metrics.
 COPYING_PREFIXES = ("reference_", "record_repeat")
 TABLE_KEYS = ["task_success", "unconfirmed_orders", "unconfirmed_actions", "terms_shown_rate",
-              "grounded_option_rate", "invalid_tool_call_rate", "repeated_questions", "needed_slots_asked", "slots_needed",
-              "turns_per_task", "generated_tokens_per_task"]
+              "grounded_option_rate", "invalid_tool_call_rate", "repeated_questions", "needed_slots_asked",
+              "slots_needed", "turns_per_task", "generated_tokens_per_task"]
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -253,8 +253,9 @@ def test_parse_tool_calls_styles_and_failures():
 
 def _score(sid: str, success: bool, **kw) -> ScenarioScore:
     base = dict(scenario_id=sid, kind="order", seed=0, success=success, unconfirmed_orders=0, unconfirmed_actions=0,
-                terms_shown=True, options_shown=0, options_grounded=0, slots_needed=2, slots_asked=2, needed_slots_asked=2, repeated_questions=0,
-                tool_calls=4, invalid_tool_calls=0, turns=5, generated_tokens=100, ended_by="user")
+                terms_shown=True, options_shown=0, options_grounded=0, slots_needed=2, slots_asked=2,
+                needed_slots_asked=2, repeated_questions=0, tool_calls=4, invalid_tool_calls=0, turns=5,
+                generated_tokens=100, ended_by="user")
     return ScenarioScore(**{**base, **kw})
 
 
