@@ -4,6 +4,7 @@ lacks, and bad input fails naming the file and line without touching an earlier 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import shutil
@@ -17,7 +18,8 @@ from PIL import Image
 
 from train.report.__main__ import main as report_main
 from train.report.build import build_report
-from train.report.plots import DEAD_COLOUR
+from train.report.inputs import read_stage
+from train.report.plots import DEAD_COLOUR, loss_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,10 +190,34 @@ def test_report_md_tables_and_na(report):
     assert "Copying from the context (baseline)" not in md
     assert "Tool-call arguments written exactly (eval): 50.0%; city 100.0%, item_id 0.0%" in md
     assert "the rest given the true start: city 100.0% / n/a, item_id 25.0% / 50.0%" in md
-    assert "Image questions (baseline): n/a with the image, n/a with it blanked" in md
-    assert "Image questions (eval): 80.0% with the image, 30.0% with it blanked" in md
-    assert "Task success on held-out scenarios: baseline 0.0%, eval 75.0%" in md
-    assert "MFU n/a" in md
+    assert rows["task success on held-out scenarios"] == ["0.0% of 8 episodes", "75.0% of 8 episodes"]
+    assert rows["orders placed without the user's confirmation"] == ["0", "0"]
+    assert rows["image questions right, with the image"] == ["n/a", "80.0%"]
+    assert rows["image questions right, image blanked"] == ["n/a", "30.0%"]
+    assert rows["invalid tool calls"] == ["50.0%", "5.0%"]
+    # The baseline is the model the sft stage started from; the fine-tuned export is not.
+    assert rows["model"] == ["`exports/pretrain` (what `sft` started from)", "`exports/sft`"]
+
+
+def test_report_md_leads_with_what_users_judge(report):
+    """The headline (task scores, then every timed stage's wall time) comes first; copy diagnostics follow."""
+    md = (report / "report.md").read_text()
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[:3] == ["## Headline", "## Copy diagnostics", "## What ran"]
+    headline = md[md.index("## Headline"):md.index("## Copy diagnostics")]
+    assert headline.index("task success") < headline.index("orders placed without") < headline.index("image questions")
+    stage_rows = [line.split("|")[1:-1] for line in headline.splitlines() if line.startswith("| `")]
+    assert [r[0].strip() for r in stage_rows] == [f"`{k}`" for k in TIMINGS]
+    walls = {r[0].strip().strip("`"): r[1].strip() for r in stage_rows}
+    assert walls == {k: f"{v:.0f} s ({v / 60:.1f} min)" for k, v in TIMINGS.items()}
+    pretrain = next(r for r in stage_rows if "pretrain" in r[0])
+    assert [c.strip() for c in pretrain[2:]] == ["10", "1,030", "10.3%", "2.200"]
+    sft = next(r for r in stage_rows if "sft" in r[0])
+    assert [c.strip() for c in sft[2:]] == ["3", "750", "n/a", "1.500"]  # MFU never measured
+    export = next(r for r in stage_rows if "export" in r[0])
+    assert [c.strip() for c in export[2:]] == ["", "", "", ""]  # a timed step that is no training stage
+    assert f"Total wall time: {sum(TIMINGS.values()):.0f} s" in headline
+    assert "Copying from the context" not in headline
 
 
 @pytest.mark.parametrize("line, message", [
@@ -239,3 +265,28 @@ def test_rebuild_replaces_the_report(inputs, tmp_path):
     assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(data))
     assert (out / "score_table.png").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+@pytest.mark.parametrize("high, low", [(6.0, 0.09), (8.3, 0.74), (9.0, 0.002)])
+def test_log_loss_axis_labels_do_not_overlap(tmp_path, high, low):
+    """A loss spanning more than a decade gets a log axis whose printed labels stand apart (the minor ticks
+    0.7, 0.8, 0.9 next to 1 once printed on top of each other)."""
+    records = [_record(10 * (i + 1), 10 * (i + 1), low + (high - low) * math.exp(-i / 10), 100.0, 0.1)
+               for i in range(60)]
+    fig = loss_figure(read_stage("s", _write_run(tmp_path / "run", {}, records)))
+    try:
+        ax = fig.axes[0]
+        assert ax.get_yscale() == "log"
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        bottom, top = ax.get_ylim()
+        shown = [t for t in ax.get_yticklabels(which="both")
+                 if t.get_visible() and t.get_text() and bottom <= float(t.get_text()) <= top]
+        assert len(shown) >= 2, [t.get_text() for t in shown]
+        boxes = sorted((t.get_window_extent(renderer) for t in shown), key=lambda b: b.y0)
+        for below, above in itertools.pairwise(boxes):
+            assert above.y0 >= below.y1, [t.get_text() for t in shown]
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

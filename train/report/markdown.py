@@ -1,4 +1,5 @@
-"""report.md: what ran, the headline numbers, the plots and the score table, from report.json's numbers."""
+"""report.md: the headline a user judges (task success, unconfirmed orders, image questions, wall time per stage),
+the copy diagnostics, what ran, the plots and the score table, from report.json's numbers."""
 
 from __future__ import annotations
 
@@ -29,8 +30,79 @@ def _percent(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
-def _across(numbers: dict[str, Any], names: list[str], key: str, fmt=format_value) -> str:
-    return ", ".join(f"{name} {fmt(numbers[name].get(key))}" for name in names)
+def _evaluated_model(numbers: dict[str, Any], name: str) -> str:
+    """The evaluated export, and which training stage started from it (the pretrain-only model of the demo)."""
+    path = numbers[name].get("model_path")
+    if not path:
+        return "n/a"
+    starts = [stage for stage, s in numbers["stages"].items() if s["config"].get("model.init_from") == path]
+    return f"`{path}`" + "".join(f" (what `{stage}` started from)" for stage in starts)
+
+
+def _headline(numbers: dict[str, Any], eval_names: list[str]) -> list[str]:
+    """What a user judges first: task success, unconfirmed orders and image questions per evaluated model, then
+    wall time and throughput per stage."""
+    out = ["## Headline", ""]
+    if eval_names:
+        def row(label: str, key: str, fmt=format_value) -> list[str]:
+            return [label] + [fmt(numbers[n].get(key)) for n in eval_names]
+
+        out += _table([""] + [f"`{n}`" for n in eval_names], [
+            ["model"] + [_evaluated_model(numbers, n) for n in eval_names],
+            ["task success on held-out scenarios"]
+            + [f"{_percent(numbers[n].get('task_success'))} of {format_value(numbers[n].get('episodes'))} episodes"
+               for n in eval_names],
+            row("orders placed without the user's confirmation", "unconfirmed_orders"),
+            row("image questions right, with the image", "image_qa_acc_with_image", _percent),
+            row("image questions right, image blanked", "image_qa_acc_without_image", _percent),
+            row("invalid tool calls", "invalid_tool_call_rate", _percent),
+            row("tokens generated per task", "generated_tokens_per_task", _rate),
+            row("evaluation wall time", "wall_s", _seconds),
+        ])
+        out.append("")
+    stages = numbers["stages"]
+    timed = list(numbers["timings"]) or list(stages)
+    timed += [name for name in stages if name not in timed]
+    rows = []
+    for name in timed:
+        s = stages.get(name)
+        wall = numbers["timings"].get(name, s["wall_s"] if s else None)
+        rows.append([f"`{name}`", _seconds(wall)] + (
+            [s["steps"], _rate(s["tokens_per_s"]), _percent(s["mfu"]), s["final_loss"]] if s else ["", "", "", ""]))
+    out += ["Wall time of each step of the pipeline, with the training stages' throughput:", ""]
+    out += _table(["stage", "wall time", "steps", "tokens/s", "MFU", "final loss"], rows)
+    out += ["", f"Total wall time: {_seconds(numbers['total_wall_s'])}.", ""]
+    return out
+
+
+def _copy_diagnostics(numbers: dict[str, Any], eval_names: list[str]) -> list[str]:
+    """Teacher-forced copying from the context: what explains the task scores, for whoever tunes the model."""
+    out = []
+    for name in eval_names:
+        e = numbers[name]
+        if e.get("reference_digit_acc") is not None:
+            out.append(f"- Copying from the context ({name}): {_percent(e['reference_digit_acc'])} of the digits "
+                       f"(ids, prices, times) in held-out reference dialogs predicted, "
+                       f"{_percent(e.get('reference_assistant_token_acc'))} of all assistant tokens")
+        if e.get("record_repeat_later_digit_acc") is not None:
+            out.append(f"- Copying in held-out order records ({name}): "
+                       f"{_percent(e['record_repeat_later_digit_acc'])} of the later digits of repeated order "
+                       f"ids predicted (chance 10%), {_percent(e.get('record_repeat_first_digit_acc'))} of "
+                       f"their first digits, {_percent(e.get('record_repeat_id_acc'))} of whole ids")
+        per_argument = {k[len("reference_arg_acc["):-1]: v for k, v in e.items() if k.startswith("reference_arg_acc[")}
+        if per_argument:
+            out.append(f"- Tool-call arguments written exactly ({name}): {_percent(e['reference_arg_acc'])}; "
+                       + ", ".join(f"{k} {_percent(v)}" for k, v in sorted(per_argument.items())))
+        starts = {k: e[f"reference_arg_start_acc[{k}]"] for k in per_argument if f"reference_arg_start_acc[{k}]" in e}
+        if starts:
+            out.append(f"- Where an argument's copy fails ({name}): its first distinguishing token (which value "
+                       "to copy), then the rest given the true start: "
+                       + ", ".join(f"{k} {_percent(v)} / {_percent(e.get(f'reference_arg_continue_acc[{k}]'))}"
+                                   for k, v in sorted(starts.items())))
+    if not out:
+        return []
+    return ["## Copy diagnostics", "", "Teacher-forced on held-out reference dialogs and order records "
+            "(docs/evaluation.md says what each number means).", ""] + out + [""]
 
 
 def render(numbers: dict[str, Any], eval_names: list[str], score_rows: list[tuple[str, list[Any]]],
@@ -39,42 +111,8 @@ def render(numbers: dict[str, Any], eval_names: list[str], score_rows: list[tupl
     `throughput` and `score_table` where drawn."""
     stages = numbers["stages"]
     out = ["# Run report", ""]
-
-    out += ["## Headline", ""]
-    if eval_names:
-        out.append(f"- Task success on held-out scenarios: {_across(numbers, eval_names, 'task_success', _percent)}")
-        out.append(f"- Orders placed without user confirmation: {_across(numbers, eval_names, 'unconfirmed_orders')}")
-        out.append(f"- Invalid tool-call rate: {_across(numbers, eval_names, 'invalid_tool_call_rate', _percent)}")
-        for name in eval_names:
-            e = numbers[name]
-            out.append(f"- Image questions ({name}): {_percent(e['image_qa_acc_with_image'])} with the image, "
-                       f"{_percent(e['image_qa_acc_without_image'])} with it blanked")
-            if e.get("reference_digit_acc") is not None:
-                out.append(f"- Copying from the context ({name}): {_percent(e['reference_digit_acc'])} of the digits "
-                           f"(ids, prices, times) in held-out reference dialogs predicted, "
-                           f"{_percent(e.get('reference_assistant_token_acc'))} of all assistant tokens")
-            if e.get("record_repeat_later_digit_acc") is not None:
-                out.append(f"- Copying in held-out order records ({name}): "
-                           f"{_percent(e['record_repeat_later_digit_acc'])} of the later digits of repeated order "
-                           f"ids predicted (chance 10%), {_percent(e.get('record_repeat_first_digit_acc'))} of "
-                           f"their first digits, {_percent(e.get('record_repeat_id_acc'))} of whole ids")
-            per_argument = {k[len("reference_arg_acc["):-1]: v for k, v in e.items()
-                            if k.startswith("reference_arg_acc[")}
-            if per_argument:
-                out.append(f"- Tool-call arguments written exactly ({name}): {_percent(e['reference_arg_acc'])}; "
-                           + ", ".join(f"{k} {_percent(v)}" for k, v in sorted(per_argument.items())))
-            starts = {k: e[f"reference_arg_start_acc[{k}]"] for k in per_argument
-                      if f"reference_arg_start_acc[{k}]" in e}
-            if starts:
-                out.append(f"- Where an argument's copy fails ({name}): its first distinguishing token (which value "
-                           "to copy), then the rest given the true start: "
-                           + ", ".join(f"{k} {_percent(v)} / {_percent(e.get(f'reference_arg_continue_acc[{k}]'))}"
-                                       for k, v in sorted(starts.items())))
-    for name, s in stages.items():
-        out.append(f"- Stage `{name}`: {s['steps']} steps, final loss {format_value(s['final_loss'])}, "
-                   f"{_rate(s['tokens_per_s'])} tokens/s, MFU {_percent(s['mfu'])}, "
-                   f"wall {_seconds(s['wall_s'])}")
-    out += [f"- Total wall time: {_seconds(numbers['total_wall_s'])}", ""]
+    out += _headline(numbers, eval_names)
+    out += _copy_diagnostics(numbers, eval_names)
 
     out += ["## What ran", ""]
     out += _table(["stage", "run dir", "steps", "resumes", "wall time", "tokens/s", "MFU", "first loss",
@@ -90,10 +128,6 @@ def render(numbers: dict[str, Any], eval_names: list[str], score_rows: list[tupl
         out += _table(["key"] + [f"`{n}`" for n in stages],
                       [[f"`{k}`"] + [_config_text(s["config"][k]) if k in s["config"] else "n/a" for s in stages.values()]
                        for k in config_keys])
-        out.append("")
-    if numbers["timings"]:
-        out += ["Wall time per step of the pipeline:", ""]
-        out += _table(["step", "wall time"], [[k, _seconds(v)] for k, v in numbers["timings"].items()])
         out.append("")
 
     out += ["## Training curves", ""]

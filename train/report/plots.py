@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from train.report.inputs import StageRun  # noqa: E402
 from train.report.numbers import format_value  # noqa: E402
@@ -31,8 +31,23 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+def _log_loss_axis(ax) -> None:
+    """Log y axis labelled at 1, 2 and 5 of each decade in plain numbers (0.2, 0.5, 1, 2); the other minor ticks
+    stay unlabelled, so labels a few pixels apart (0.7, 0.8, 0.9, 1) never print on top of each other."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
 def plot_loss(stage: StageRun, path: Path) -> None:
-    """Total loss and lm_loss against step; each process start is its own line piece, resumes are marked."""
+    _save(loss_figure(stage), path)
+
+
+def loss_figure(stage: StageRun):
+    """Total loss and lm_loss against step; each process start is its own line piece, resumes are marked. The y
+    axis turns logarithmic once the loss spans more than a factor of 10."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for i, seg in enumerate(stage.segments):
         steps = [r["step"] for r in seg]
@@ -46,17 +61,14 @@ def plot_loss(stage: StageRun, path: Path) -> None:
                     va="top", ha="right", fontsize=8, color="0.3")
     losses = [v for r in stage.records for v in (_nan(r["loss"]), _nan(r["lm_loss"])) if v > 0]
     if losses and max(losses) / min(losses) > 10:
-        ax.set_yscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
+        _log_loss_axis(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(f"{stage.name}: training loss")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
 def _layer_selection(num_layers: int) -> list[int]:
