@@ -7,13 +7,20 @@ import logging
 import sys
 import time
 
-from data_pipelines.commerce_world.config import parse_args
+from data_pipelines.commerce_world.config import parse_args, usage
 from data_pipelines.commerce_world.generate import generate_world
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = parse_args(argv)
+    if {"-h", "--help"} & set(argv):
+        print(usage())
+        return 0
+    try:
+        cfg = parse_args(argv)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     start = time.perf_counter()
     out = generate_world(cfg)
     counts = json.loads((out / "world.json").read_text(encoding="utf-8"))["counts"]

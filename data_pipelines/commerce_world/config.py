@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING as NO_DEFAULT
+from dataclasses import asdict, dataclass, fields
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -27,6 +28,15 @@ class WorldConfig:
     def content_key(self) -> dict:
         """The settings that decide the files (not where they go or whether to overwrite)."""
         return {k: v for k, v in asdict(self).items() if k not in ("out", "overwrite")}
+
+
+def usage() -> str:
+    """`--help`: every setting with its type and default."""
+    lines = ["usage: python -m data_pipelines.commerce_world out=DIR [key=value ...]", "", "settings:"]
+    for f in fields(WorldConfig):
+        default = "required" if f.default in (NO_DEFAULT, MISSING) else f"default {f.default}"
+        lines.append(f"  {f.name}=<{f.type if isinstance(f.type, str) else f.type.__name__}>  ({default})")
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str]) -> WorldConfig:

@@ -209,7 +209,11 @@ def test_cli_writes_a_world_and_names_bad_arguments(tmp_path):
     assert older.returncode == 0 and "regenerating it as format_version" in older.stderr, older.stderr
     assert json.loads((out / "world.json").read_text()) == meta
     bad = subprocess.run(cmd + ["dialogs=3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "dialogs" in bad.stderr
+    assert bad.returncode == 2 and "Key 'dialogs' not in 'WorldConfig'" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    helped = subprocess.run(cmd[:3] + ["--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "train_dialogs=<int>  (default 12000)" in helped.stdout
+    assert "out=<str>  (required)" in helped.stdout
     missing = subprocess.run(cmd[:3] + ["seed=1"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert missing.returncode != 0 and "Missing mandatory value: out" in missing.stderr
 
