@@ -10,11 +10,7 @@ attended earlier position is put in one of three classes: the start token itself
 dialog (`start`, what an induction head does after the token before it), a token 1-3 positions after such an
 occurrence (`after+k`: an anchor that follows the value, such as the colon of a time), or anywhere else (`other`).
 The tool call's own last 8 tokens are left out (the parameter tag).
-Measured on the demo's fine-tuned model (2026-12-02, copy_attention_demo_sft.json): the first full-attention
-layer's head 1 is an induction head (after "O" it looks at the digit after the earlier "O": order ids 100% `start`;
-after "I", 53% on an item-id digit, one of three shown); times are found through what follows their start (that
-head on the second digit 88%, layer 2 head 1 on the colon two after the start 63%); for prices, counts and cities
-no head puts its maximum near any copy of the value (`other` 97-100%).
+What it shows on the demo's fine-tuned model: docs/findings/tiny_model.md.
 Writes benchmarks/results/copy_attention_<name>.json.
 """
 

@@ -11,26 +11,9 @@ the whole sequence (plain torch AdamW on transformers' own class, no pipeline), 
 repeat, which only copying can predict (chance 1/vocab). A model that has formed an induction circuit gets the
 repeat right; one that has not stays at ln(vocab). This isolates the architecture and optimiser settings from the
 demo's data: a setting that forms the circuit here in few steps is worth carrying into the demo's configs.
-What decides it here (benchmarks/results/copy_task_*.json): tied input and output embeddings (the copy needs the
-unembedding of the token the head attends to; untied, that map must be learnt for all 1024 tokens first) and, in
-Qwen3.5, a full-attention layer before the GDN layer (with GDN first and partial RoPE, still at chance at 1500).
-In the demo those two did not carry over (README: fine-tuning got worse, pretraining still did not copy).
-Bisection (2026-12-01, tied attention-first, results copy_task_bis_*.json): the pipeline's optimizer (weight decay
-0.1, beta2 0.95, clipping), its router losses and its warm-up each still copy by step 100-125; drawing tokens from
-560 of 1024 ids (2 seeds) or of 4096 ids (to step 350) does not copy at all, while 560 of 576 copies by step 100
-(2 seeds). Vocabulary rows that are never a target block the circuit; rare ones delay it (tokens drawn Zipf over
-all 1024 ids: unigram-level accuracy at 200 steps in 2 seeds, 48% at 400). Byte-level BPE on the commerce text
-leaves ~40% of its rows unused (931 of 1470 tokens occur in pretraining, even with the dialogs in the mix).
-It is the embedding's own updates that block it (560 of 1024 ids, 2026-12-01 evening): with the embedding held in
-place (--embed_lr_scale 0) the circuit forms by step 100 (98%), with its lr x0.1 by 150 (93%), with lr 5e-4 for the
-whole model by 175 (100%); a quarter of each batch drawn over all 1024 ids (every row a target, the used ones 4x as
-often) does not help (0% at 200). Zipf over 1024 ids with the embedding at x0.1: 21% at 200 (x1: 14-16%).
-All of the above repeat every span at the same offset, which one attention head can learn from RoPE alone (attend
-`half` back and copy), with no content matching. `--vary` gives each row its own span length (half/2..half), as the
-records and dialogs do, so only an induction circuit predicts the repeat. With it (half 48) nothing copies: tied
-attention-first over all 1024 ids 0.2% through 375 steps (fixed offset: 94-99% by 100), with the embedding
-held in place over 560 of 1444 ids 0.2% at 100, the default layout (to 1500 steps) and a dense 4-layer Qwen3 (to 400; copy_task_vary_*.json) too, and
-the default layout with RoPE on all 64 dims at theta 1e4 (to 1500, copy_task_vary_rope1e4_full.json).
+`--vary` gives each row its own span length (half/2..half), so the repeat sits at no fixed offset and only content
+matching predicts it (a fixed offset can be learnt from RoPE alone). What 56 runs established, and each run's
+command: docs/findings/tiny_model.md, benchmarks/results/copy_task_summary.json.
 Writes benchmarks/results/copy_task_<name>.json (the curve).
 """
 
