@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run for a lent H200 (the device tool): install the carried wheels, then time the GPU benchmarks
 # and write their JSON results and a log to $OUT. Stays under ~9 minutes.
-#   Here, once:  see benchmarks/README.md "GPU check" for building .whl/ (deepspeed, hydra-core, omegaconf,
+#   Here, once:  see docs/performance.md "GPU check" for building .whl/ (deepspeed, hydra-core, omegaconf,
 #                antlr4, transformers 5.24, datasets, pydantic...) and the device call.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check_out}

@@ -5,7 +5,7 @@ Why: DeepSpeed 0.19.8 `AutoEPMoELayer._forward` at autoep_size=1 sorts the route
 expert, a `vstack` copy and a padded gather whose backward is an accumulating `index_put_`), runs
 `torch._grouped_mm` on transposed views of w1/w2/w3, scatters back with `index_put_` into zeros and combines
 through a second `index_put_` into a zero [T*K, H] buffer. On the issue-7 CPU grid these copies cost about as
-much as a third of the GEMM time (profile in benchmarks/README.md).
+much as a third of the GEMM time (profile in docs/performance.md).
 
 What this does instead, for layers with EP=1, the plain collective backend, no AutoTP folding, SwiGLU experts
 and routing weights applied after the experts (both Qwen presets): the router is AutoEP's own; rows are sorted
