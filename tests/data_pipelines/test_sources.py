@@ -15,8 +15,8 @@ from data_pipelines.collate import Collator
 from data_pipelines.encode import Encoder, EncodeSpec
 from data_pipelines.images import ImageSpec
 from data_pipelines.loader import StreamingBatches
+from data_pipelines.mixture import count_and_drop_skipped, encode_records
 from data_pipelines.sources import mix, read_records, shard_for_rank
-from data_pipelines.text_dataset import count_and_drop_skipped, encode_records
 from data_pipelines.tokenizer import train_bpe_tokenizer
 
 SPEC = ImageSpec(min_pixels=32 * 32, max_pixels=64 * 64, max_source_pixels=200 * 200)
