@@ -48,7 +48,7 @@ def source_files(path: str) -> list[str]:
     if os.path.exists(path):
         found = [Path(path)]
     else:
-        found = [Path(p) for p in sorted(glob.glob(path))]
+        found = [Path(p) for p in sorted(glob.glob(path)) if Path(p).name not in METADATA_FILES]
         if not found:
             raise ValueError(f"{path}: no such file, folder or glob match")
     out: list[str] = []
@@ -127,14 +127,16 @@ def _text_records(path: str, streaming: bool, sample_by: str) -> AnyDataset:
 
 
 def _table_records(ds: AnyDataset, path: str) -> AnyDataset:
-    columns = list(ds.column_names or ds.features or [])
+    columns = list(ds.column_names or ds.features or [])  # a csv stream knows its columns only once read
 
     def tag(batch: dict, idx: list[int]) -> dict:
-        rows = [{c: batch[c][j] for c in columns} for j in range(len(idx))]
+        rows = [{c: batch[c][j] for c in columns or batch} for j in range(len(idx))]
         return {"record": [json.dumps(_drop_nulls(r), ensure_ascii=False, default=str) for r in rows],
                 "origin": [f"{path}:row {i + 1}" for i in idx], "error": [""] * len(idx)}
 
-    return ds.map(tag, batched=True, with_indices=True, remove_columns=columns, features=RECORD_FEATURES)
+    if columns:
+        return ds.map(tag, batched=True, with_indices=True, remove_columns=columns, features=RECORD_FEATURES)
+    return ds.map(tag, batched=True, with_indices=True).select_columns(RECORD_COLUMNS)
 
 
 def _file_records(f: str, streaming: bool, split: str, sample_by: str) -> AnyDataset:

@@ -281,3 +281,23 @@ def test_packed_rows_and_batches_of_a_llava_file_carry_its_images(tok, files, tm
     assert batch["image_grid_thw"].tolist() == [[1, 4, 4], [1, 2, 4]] * 2
     assert batch["pixel_values"].shape == (2 * (16 + 8), 3 * 2 * 16 * 16)
     assert int(batch["mm_token_type_ids"].sum()) == 2 * (4 + 2)
+
+
+def test_folders_globs_csv_and_saved_datasets_read_the_same_dialogs(tok, files, tmp_path):
+    (expected,) = [s["input_ids"] for s in encode(tok, files["sharegpt"])]
+    folder = tmp_path / "folder"
+    ff.write_array(folder / "a.json", ff.GLAIVE)
+    ff.write_jsonl(folder / "sub" / "b.jsonl", ff.GLAIVE)
+    (folder / "README.md").write_text("# not data")
+    (folder / "dataset_info.json").write_text("{}")
+    samples = encode(tok, folder)
+    assert [s["input_ids"] for s in samples] == [expected, expected]
+    assert [s["origin"] for s in samples] == [f"{folder}/a.json:[0] (line 2)", f"{folder}/sub/b.jsonl:1"]
+    as_text = [{"conversations": json.dumps(r["conversations"]), "system": r["system"], "tools": r["tools"]}
+               for r in ff.GLAIVE]  # csv holds lists as JSON strings
+    csv = tmp_path / "glaive.csv"
+    datasets.Dataset.from_list(as_text).to_csv(str(csv), index=False)
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_list(ff.GLAIVE).save_to_disk(str(saved))
+    for path in (csv, saved, f"{folder}/*.json"):
+        assert [s["input_ids"] for s in encode(tok, path)] == [expected], path

@@ -90,6 +90,19 @@ def test_restored_stream_continues_with_exactly_the_same_tokens(tmp_path, tok):
     assert a.epoch >= 1
 
 
+def test_a_json_array_stream_resumes_exactly(tmp_path, tok):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps([{"text": " ".join(f"document {i}" for _ in range(i % 7 + 1))} for i in range(60)],
+                               indent=2))
+    a = _stream_batches(str(path), tok)
+    for _ in range(3):
+        a.next_step()
+    state = json.loads(json.dumps(a.state_dict()))
+    expected = [[mb["inputs"]["input_ids"].tolist() for mb in a.next_step()] for _ in range(6)]
+    b = _stream_batches(str(path), tok, state)
+    assert [[mb["inputs"]["input_ids"].tolist() for mb in b.next_step()] for _ in range(6)] == expected
+
+
 # ---- bad input: a clear error naming file and line, or a counted skip ----
 
 def _encode_one(tok, kind, record, origin="data.jsonl:7", seq_len=256):
