@@ -27,10 +27,10 @@ from data_pipelines.collate import Collator  # noqa: E402
 from data_pipelines.encode import Encoder, EncodeSpec  # noqa: E402
 from data_pipelines.images import ImageSpec  # noqa: E402
 from data_pipelines.loader import ResumableBatches  # noqa: E402
+from data_pipelines.mixture import encode_records, pack_rows  # noqa: E402
 from data_pipelines.shapes_corpus import generate_shapes_corpus  # noqa: E402
 from data_pipelines.sources import read_records  # noqa: E402
 from data_pipelines.text_corpus import generate_text_corpus  # noqa: E402
-from data_pipelines.text_dataset import encode_records, pack_rows  # noqa: E402
 from data_pipelines.tokenizer import align_vision_token_ids, train_bpe_tokenizer  # noqa: E402
 
 SEQ = 128

@@ -1,10 +1,9 @@
-"""Chat records in OpenAI `messages` format (with `tools` and `tool_calls`), ShareGPT converted on read.
+"""Chat records -> the OpenAI `messages` (with `tools` and `tool_calls`) the chat template renders, validated.
 
-`normalize_dialog` returns the messages and tools the chat template renders, or raises BadRecord for an
-unknown role, a tool call whose arguments are not a JSON object, or a dialog without a user or assistant
-turn. Tool-call arguments (a JSON string in OpenAI's format) become dicts, which both templates render.
-ShareGPT: `conversations` of `{from, value}` with from in human/gpt/system/function_call/observation;
-a `function_call` value is the JSON `{"name", "arguments"}` of one call.
+Records of every chat format are converted by `record_formats.to_chat` first (ShareGPT, ms-swift agent roles,
+Alpaca, query/response, `<image>` placeholders). `validate_messages` then raises BadRecord for an unknown role,
+a tool call whose arguments are not a JSON object, or a dialog without a user or assistant turn. Tool-call
+arguments (a JSON string in OpenAI's format) become dicts, which both templates render.
 """
 
 from __future__ import annotations
@@ -15,34 +14,6 @@ from typing import Any
 from data_pipelines.bad_input import BadRecord
 
 ROLES = ("system", "user", "assistant", "tool")
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "system": "system", "observation": "tool", "tool": "tool", "function_call": "assistant"}
-
-
-def _sharegpt_messages(turns: list, origin: str) -> list[dict[str, Any]]:
-    messages: list[dict[str, Any]] = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or "from" not in turn:
-            raise BadRecord(origin, "malformed chat", f"conversations[{i}] has no 'from'")
-        role = SHAREGPT_ROLES.get(turn["from"])
-        if role is None:
-            raise BadRecord(origin, "unknown role", f"conversations[{i}].from={turn['from']!r} "
-                            f"(ShareGPT roles: {sorted(SHAREGPT_ROLES)})")
-        value = turn.get("value", "")
-        if turn["from"] == "function_call":
-            try:
-                call = json.loads(value) if isinstance(value, str) else value
-            except json.JSONDecodeError as e:
-                raise BadRecord(origin, "invalid tool call arguments",
-                                f"conversations[{i}] function_call is not JSON: {e}") from None
-            message = {"role": "assistant", "content": "", "tool_calls": [{"type": "function", "function": call}]}
-            if messages and messages[-1]["role"] == "assistant" and not messages[-1].get("tool_calls"):
-                messages[-1]["tool_calls"] = message["tool_calls"]
-                continue
-            messages.append(message)
-        else:
-            messages.append({"role": role, "content": value})
-    return messages
 
 
 def _arguments(args: Any, where: str, origin: str) -> dict[str, Any]:
@@ -57,14 +28,17 @@ def _arguments(args: Any, where: str, origin: str) -> dict[str, Any]:
     return args
 
 
-def normalize_dialog(record: dict[str, Any], origin: str) -> tuple[list[dict[str, Any]], list[dict] | None]:
-    """(messages, tools) ready for the chat template, validated."""
-    if "messages" in record:
-        raw = record["messages"]
-    elif "conversations" in record:
-        raw = _sharegpt_messages(record["conversations"], origin)
-    else:
-        raise BadRecord(origin, "malformed chat", f"no 'messages' or 'conversations' (keys: {sorted(record)})")
+def normalize_dialog(record: dict[str, Any], origin: str, fmt: str = "auto") -> tuple[list[dict[str, Any]],
+                                                                                  list[dict] | None]:
+    """(messages, tools) of a record in chat format `fmt` (`auto`: guessed from the record), validated."""
+    from data_pipelines.record_formats import to_chat
+
+    raw, tools, _ = to_chat(record, fmt, origin)
+    return validate_messages(raw, origin), tools
+
+
+def validate_messages(raw: Any, origin: str) -> list[dict[str, Any]]:
+    """OpenAI messages ready for the chat template: roles, tool calls and turn order checked."""
     if not isinstance(raw, list) or not raw:
         raise BadRecord(origin, "malformed chat", "'messages' is not a non-empty list")
     messages = []
@@ -96,10 +70,7 @@ def normalize_dialog(record: dict[str, Any], origin: str) -> tuple[list[dict[str
         raise BadRecord(origin, "malformed chat", "no assistant turn to learn from")
     if not any(m["role"] == "user" for m in messages):
         raise BadRecord(origin, "malformed chat", "no user turn")
-    tools = record.get("tools") or None
-    if tools is not None and not isinstance(tools, list):
-        raise BadRecord(origin, "malformed chat", "'tools' is not a list")
-    return messages, tools
+    return messages
 
 
 def message_images(messages: list[dict[str, Any]]) -> list[str]:

@@ -25,11 +25,11 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from data_pipelines.bad_input import BadRecord
+from data_pipelines.config import CHAT_TEMPLATES
 from data_pipelines.packing import IGNORE_INDEX
 
 IM_END = "<|im_end|>"
 IMAGE_PAD = "<|image_pad|>"
-CHAT_TEMPLATES = ("qwen3_5", "qwen3_5_nothink", "qwen3")
 
 
 def chat_template_text(name: str) -> str:

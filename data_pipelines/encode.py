@@ -1,5 +1,6 @@
 """One record -> labelled token samples for pretraining (text document, image-text pair, interleaved document)
-or SFT (chat dialog). Errors are BadRecords naming the record's origin.
+or SFT (chat dialog, in any format `record_formats` reads). Errors are BadRecords naming the record's origin;
+keys that look like media but are not used become the sample's `warn` marks (counted, never silent).
 
 Images become `<|vision_start|>` + pads + `<|vision_end|>` with no loss on them; text carries loss on every token
 but the first of a sample (nothing is learnt across a sample boundary). Long text documents are split into
@@ -15,7 +16,7 @@ from typing import Any
 from transformers import PreTrainedTokenizerBase
 
 from data_pipelines.bad_input import BadRecord
-from data_pipelines.chat_format import message_images, normalize_dialog
+from data_pipelines.chat_format import message_images, validate_messages
 from data_pipelines.chat_render import render_dialog
 from data_pipelines.images import (
     IMAGE_TYPE,
@@ -26,6 +27,7 @@ from data_pipelines.images import (
     resolve_image_path,
 )
 from data_pipelines.packing import IGNORE_INDEX
+from data_pipelines.record_formats import apply_columns, media_values, text_of, to_chat, unused_media
 from data_pipelines.sources import parse_record
 
 
@@ -40,6 +42,9 @@ class EncodeSpec:
     enable_thinking: bool = False
     overlong: str = "split"
     render_tools: bool = True
+    # chat: the record format (auto: guessed per record); text: `text_field` is the field detection found.
+    format: str = "auto"
+    columns: tuple[tuple[str, str], ...] = ()
 
 
 class Encoder:
@@ -52,23 +57,35 @@ class Encoder:
         ids = tokenizer.convert_tokens_to_ids(["<|vision_start|>", "<|image_pad|>", "<|vision_end|>"])
         self.vision_start, self.image_pad, self.vision_end = ids
 
-    def __call__(self, record: str, origin: str) -> list[dict[str, Any]]:
-        value = parse_record(record, origin)
+    def __call__(self, record: str, origin: str, error: str = "") -> list[dict[str, Any]]:
+        value = apply_columns(parse_record(record, origin, error), self.spec.columns, origin)
         kind = self.spec.kind
         if kind == "text":
-            return self._text(self._field(value, self.spec.text_field, origin))
+            samples = self._text(text_of(value, self.spec.text_field, origin))
+            return self._warn(samples, value, {self.spec.text_field}, set(), origin)
         if kind == "image_text":
-            parts = [{"type": "image", "image": self._field(value, self.spec.image_field, origin)},
+            image = self._field(value, self.spec.image_field, origin)
+            parts = [{"type": "image", "image": image},
                      {"type": "text", "text": self._field(value, self.spec.text_field, origin)}]
-            return [self._interleaved(parts, origin)]
+            return self._warn([self._interleaved(parts, origin)], value, {self.spec.image_field, self.spec.text_field},
+                              set(media_values(image)), origin)
         if kind == "interleaved":
             parts = self._field(value, "content", origin)
             if not isinstance(parts, list):
                 raise BadRecord(origin, "malformed record", "'content' is not a list of text/image parts")
-            return [self._interleaved(parts, origin)]
+            refs = {p.get("image") for p in parts if isinstance(p, dict) and isinstance(p.get("image"), str)}
+            return self._warn([self._interleaved(parts, origin)], value, {"content"}, refs, origin)
         if kind == "chat":
             return self._chat(value, origin)
         raise ValueError(f"unknown source kind {kind!r}")
+
+    @staticmethod
+    def _warn(samples: list[dict[str, Any]], value: dict, used: set[str], refs: set, origin: str) -> list[dict]:
+        keys = unused_media(value, used, refs, origin)
+        if keys and samples:
+            samples[0]["warn"] = "\n".join(f"unused media|{origin}: key {k!r} looks like media but is not read "
+                                           "(rename it with the source's columns)" for k in keys)
+        return samples
 
     @staticmethod
     def _field(value: dict, name: str, origin: str) -> Any:
@@ -131,10 +148,12 @@ class Encoder:
                 "image_grid_thw": grids}
 
     def _chat(self, value: dict, origin: str) -> list[dict[str, Any]]:
-        messages, tools = normalize_dialog(value, origin)
+        raw, tools, used = to_chat(value, self.spec.format, origin)
+        messages = validate_messages(raw, origin)
         if not self.spec.render_tools:
             tools = None
-        resolved = {r: self._image(r, origin) for r in message_images(messages)}
+        refs = message_images(messages)
+        resolved = {r: self._image(r, origin) for r in refs}
         samples = render_dialog(self.tok, messages, tools, self.spec.seq_len, self.spec.enable_thinking,
                                 self.spec.overlong, origin, {r: (p, num_image_tokens(g)) for r, (p, g) in resolved.items()})
         grids = {p: g for p, g in resolved.values()}
@@ -144,4 +163,4 @@ class Encoder:
                         "mm_token_type_ids": [IMAGE_TYPE if t == self.image_pad else 0 for t in s.input_ids],
                         "images": s.images, "image_grid_thw": [grids[p] for p in s.images],
                         "overlong_split": s.overlong_split})
-        return out
+        return self._warn(out, value, used, set(refs), origin)

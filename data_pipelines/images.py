@@ -9,6 +9,7 @@ temporal patch 2, merge 2, mean = std = 0.5); `Qwen3VLProcessor` would need torc
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +21,7 @@ PATCH_SIZE = 16
 TEMPORAL_PATCH_SIZE = 2
 MERGE_SIZE = 2
 IMAGE_TYPE = 1  # mm_token_type_ids value of image tokens (text 0, video 2)
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,16 @@ class ImageSpec:
 
 def resolve_image_path(value: str, base_dir: str, origin: str, root: str | None = None) -> str:
     """`value` relative to `base_dir`. With a declared root (`image_root`) the file, `..` and symlinks resolved,
-    must lie inside it: a record cannot make the loader read files elsewhere."""
+    must lie inside it: a record cannot make the loader read files elsewhere. A `file://` URL names a local
+    file; other URLs are refused (nothing is downloaded at run time)."""
+    if value.startswith("file://"):
+        value = value[len("file://"):]
+    elif value.startswith("data:"):
+        raise BadRecord(origin, "unsupported image", f"{value[:40]!r}...: inline image data is not read; save the "
+                        "image as a file and give its path")
+    elif _URL.match(value):
+        raise BadRecord(origin, "unsupported image", f"{value!r}: remote images are not downloaded; download the "
+                        "file and give its local path")
     path = value if os.path.isabs(value) else os.path.join(base_dir, value)
     if root is not None:
         real, real_root = os.path.realpath(path), os.path.realpath(root)

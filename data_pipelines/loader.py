@@ -116,7 +116,7 @@ class StreamingBatches:
 
     def __init__(self, samples: datasets.IterableDataset, seq_len: int, mode: str, pad_id: int, micro_batch: int,
                  grad_accum: int, collate: Callable[[dict], dict], multimodal: bool,
-                 on_skip: Callable[[str], None] | None = None) -> None:
+                 on_skip: Callable[[str], None] | None = None, on_warn: Callable[[str], None] | None = None) -> None:
         self.samples = samples
         self.seq_len = seq_len
         self.mode = mode
@@ -126,6 +126,7 @@ class StreamingBatches:
         self.collate = collate
         self.multimodal = multimodal
         self.on_skip = on_skip
+        self.on_warn = on_warn
         self.epoch = 0
         self.pending: list[dict] = []  # samples of the row being filled, not yet emitted
         self._it: Iterator | None = None
@@ -144,6 +145,9 @@ class StreamingBatches:
                 self.epoch += 1
                 self._it = None
                 continue
+            if s.get("warn") and self.on_warn is not None:
+                for mark in s["warn"].split("\n"):
+                    self.on_warn(mark)
             if s.get("skip"):
                 if self.on_skip is not None:
                     self.on_skip(s["skip"])

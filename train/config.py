@@ -14,6 +14,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from data_pipelines.config import DataConfig, validate_data
+from data_pipelines.config import check_choice as _choice
 from train.engine.lr_schedule import SCHEDULES
 
 MODEL_FAMILIES = ("qwen3_moe", "qwen3_5_moe")
@@ -97,78 +99,6 @@ class OptimConfig:
 class LossConfig:
     aux_coef: float = 1e-3
     z_coef: float = 1e-3
-
-
-SOURCE_KINDS = ("text", "image_text", "interleaved", "chat")
-DATA_KINDS = ("text", "mixture", "sft")
-
-
-@dataclass
-class SourceConfig:
-    """One local corpus in a mixture: a file, a glob of files, or a `save_to_disk` folder."""
-    kind: str = "text"  # text | image_text | interleaved | chat
-    path: str = MISSING
-    # Sampling probability relative to the other sources (normalised over the mixture).
-    weight: float = 1.0
-    # text: the document field; image_text: the caption field. Chat sources read `messages`/`tools`
-    # (OpenAI format) or `conversations` (ShareGPT, converted on read).
-    text_field: str = "text"
-    image_field: str = "image"
-    # Image paths are relative to this folder; null: the folder of the file that names them.
-    image_root: str | None = None
-
-
-@dataclass
-class ImageConfig:
-    """Qwen3-VL/3.5 image processing (patch 16, temporal patch 2, merge 2, mean = std = 0.5)."""
-    min_pixels: int = 64 * 64
-    max_pixels: int = 512 * 512
-    # Images larger than this (before resizing) are bad input, not silently shrunk.
-    max_source_pixels: int = 40_000_000
-
-
-@dataclass
-class DataConfig:
-    # text: the original text path (generated corpus or `paths`); mixture: `sources` with weights
-    # (text, image_text, interleaved) for pretraining; sft: chat `sources` rendered with the chat template.
-    kind: str = "text"
-    # "generated" builds the embedded corpus under paths.data_dir; otherwise local files or folders
-    # (jsonl, json, parquet, arrow, or a `save_to_disk` folder).
-    source: str = "generated"
-    paths: list[str] = field(default_factory=list)
-    text_field: str = "text"
-    num_documents: int = 20_000
-    # data.source=generated with data.kind=mixture: images in the generated shapes set.
-    num_images: int = 2_000
-    seq_len: int = 256
-    # auto: packed rows with restarting position ids where attention keeps documents apart,
-    # one document per row where it cannot (Gated DeltaNet without varlen kernels).
-    packing: str = "auto"
-    tokenizer: str | None = None
-    vocab_size: int = 4096
-    # Extra jsonl files (text or chat records) the BPE is trained on besides the sources, e.g. the dialogs a
-    # from-scratch model will be fine-tuned on later, so they tokenise compactly.
-    tokenizer_texts: list[str] = field(default_factory=list)
-    validation_fraction: float = 0.02
-    seed: int = 0
-    sources: list[SourceConfig] = field(default_factory=list)
-    # Read sources as streams (datasets IterableDataset): nothing is cached, each rank reads its own
-    # shard, and the position of every rank is saved in checkpoints.
-    streaming: bool = False
-    # Sort each span of this many optimizer steps' rows by length (transformers' group_by_length): micro-batches
-    # are cut to their longest row, so short and long samples batched apart waste less compute. 0: off.
-    length_group_steps: int = 0
-    # raise: bad input stops the run naming file and line; skip: count it, go on, summarise at the end.
-    on_error: str = "raise"
-    # qwen3_5 (XML tool calls) | qwen3_5_nothink (the same without empty think blocks) | qwen3 (JSON tool calls)
-    chat_template: str = "qwen3_5"
-    enable_thinking: bool = False
-    # SFT dialogs longer than seq_len: split between assistant turns (split) or treat as bad input (error).
-    overlong: str = "split"
-    # Render the `tools` schemas into the system prompt. Off for small models trained on a fixed tool set: the
-    # commerce tools cost ~2k tokens per sample; evaluation must then render without them too.
-    render_tools: bool = True
-    image: ImageConfig = field(default_factory=ImageConfig)
 
 
 @dataclass
@@ -269,11 +199,6 @@ def validate_export(cfg: ExportConfig | DictConfig) -> None:
         raise ValueError(f"checkpoint={cfg.checkpoint!r}: no such directory")
 
 
-def _choice(key: str, value: Any, allowed: tuple) -> None:
-    if value not in allowed:
-        raise ValueError(f"{key}={value!r} is not one of {list(allowed)}")
-
-
 def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) -> None:
     """Cross-field checks; raise ValueError naming the key. Runs before any process group exists."""
     if world_size is None:
@@ -288,18 +213,13 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
                          "only applies to experts_impl=upstream")
     _choice("trainer.precision", cfg.trainer.precision, ("auto", "fp32", "bf16"))
     _choice("logger.wandb_mode", cfg.logger.wandb_mode, ("offline", "online", "disabled"))
-    _choice("data.packing", cfg.data.packing, ("auto", "packed", "per_document", "varlen"))
-    _choice("data.kind", cfg.data.kind, DATA_KINDS)
-    _choice("data.on_error", cfg.data.on_error, ("raise", "skip"))
-    _choice("data.chat_template", cfg.data.chat_template, ("qwen3_5", "qwen3_5_nothink", "qwen3"))
-    _choice("data.overlong", cfg.data.overlong, ("split", "error"))
+    validate_data(cfg.data)
     _choice("trainer.nonfinite", cfg.trainer.nonfinite, ("stop", "skip"))
     if cfg.trainer.max_nonfinite_skips < 0:
         raise ValueError(f"trainer.max_nonfinite_skips={cfg.trainer.max_nonfinite_skips} must be >= 0")
     if cfg.run_name in ("", ".", "..") or "/" in cfg.run_name or os.sep in cfg.run_name:
         raise ValueError(f"run_name={cfg.run_name!r} must be a plain folder name: runs go to "
                          f"{cfg.paths.runs_dir}/<run_name> and may not escape it")
-    _validate_sources(cfg.data)
     _validate_lora(cfg)
     if cfg.model.trust_remote_code:
         raise ValueError("model.trust_remote_code=true is refused: the model classes are transformers' own")
@@ -307,12 +227,6 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
         raise ValueError(f"model.init_from={cfg.model.init_from!r}: no such directory")
     if cfg.model.init_from is not None and not os.path.isfile(os.path.join(cfg.model.init_from, "config.json")):
         raise ValueError(f"model.init_from={cfg.model.init_from!r}: no config.json in that directory")
-    if cfg.data.kind == "text" and cfg.data.source != "generated":
-        if not cfg.data.paths:
-            raise ValueError("data.paths is empty: list local files or folders, or set data.source=generated")
-        for p in cfg.data.paths:
-            if not os.path.exists(p):
-                raise ValueError(f"data.paths: {p!r} does not exist")
     positive = {
         "parallel.ep_size": cfg.parallel.ep_size,
         "trainer.max_steps": cfg.trainer.max_steps,
@@ -321,7 +235,6 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
         "trainer.checkpoint_every": cfg.trainer.checkpoint_every,
         "trainer.keep_last": cfg.trainer.keep_last,
         "logger.log_every": cfg.logger.log_every,
-        "data.seq_len": cfg.data.seq_len,
     }
     for key, value in positive.items():
         if value < 1:
@@ -337,11 +250,6 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
         raise ValueError(f"optim.grad_clip={cfg.optim.grad_clip} must be >= 0 (0 disables clipping)")
     if cfg.optim.embedding_lr_scale < 0:
         raise ValueError(f"optim.embedding_lr_scale={cfg.optim.embedding_lr_scale} must be >= 0")
-    if cfg.data.length_group_steps < 0:
-        raise ValueError(f"data.length_group_steps={cfg.data.length_group_steps} must be >= 0 (0 disables it)")
-    if cfg.data.length_group_steps and cfg.data.streaming:
-        raise ValueError("data.length_group_steps needs map-style data (it sorts rows it has not read yet); "
-                         "set it to 0 with data.streaming=true")
 
 
 def _validate_lora(cfg: PretrainConfig | DictConfig) -> None:
@@ -359,27 +267,6 @@ def _validate_lora(cfg: PretrainConfig | DictConfig) -> None:
         raise ValueError("model.lora.enabled=true needs deepspeed.zero_stage <= 2: LoRA freezes the experts, and "
                          "DeepSpeed 0.19.8 cannot checkpoint frozen AutoEP experts under ZeRO-3 (the base weights "
                          "are replicated anyway; ZeRO-1/2 partition the adapters' optimizer state)")
-
-
-def _validate_sources(data: DataConfig | DictConfig) -> None:
-    import glob
-
-    if data.kind == "text":
-        return
-    if not data.sources:
-        raise ValueError(f"data.sources is empty: data.kind={data.kind} needs at least one source")
-    for i, src in enumerate(data.sources):
-        _choice(f"data.sources[{i}].kind", src.kind, SOURCE_KINDS)
-        if data.kind == "sft" and src.kind != "chat":
-            raise ValueError(f"data.sources[{i}].kind={src.kind!r}: data.kind=sft reads chat sources only")
-        if data.kind == "mixture" and src.kind == "chat":
-            raise ValueError(f"data.sources[{i}].kind='chat' belongs in data.kind=sft")
-        if src.weight <= 0:
-            raise ValueError(f"data.sources[{i}].weight={src.weight} must be > 0")
-        if data.source != "generated" and not os.path.exists(src.path) and not glob.glob(src.path):
-            raise ValueError(f"data.sources[{i}].path={src.path!r} does not exist")
-    if data.image.min_pixels > data.image.max_pixels:
-        raise ValueError(f"data.image.min_pixels={data.image.min_pixels} exceeds data.image.max_pixels")
 
 
 def to_container(cfg: PretrainConfig | DictConfig) -> dict:

@@ -43,8 +43,8 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
     from train.engine.distributed import configure_accelerator_env
 
     configure_accelerator_env(cfg.paths.cache_dir)
-    from data_pipelines.pretrain_text import prepare_data
     from data_pipelines.tokenizer import align_vision_token_ids
+    from data_pipelines.training_data import prepare_data
     from train.checkpoint.checkpointer import Checkpointer, Topology, set_rng_state
     from train.engine.deepspeed_setup import build_engine, resolve_dtype
     from train.engine.distributed import barrier, init_distributed
@@ -132,13 +132,15 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from data_pipelines.bad_input import stop_on_bad_input
     from train.engine.distributed import adopt_slurm_rank_env, destroy_process_group_at_exit
 
     adopt_slurm_rank_env()  # under srun (one task per GPU): rank and world size from Slurm, before validation
     run_dir = cfg.run_dir or HydraConfig.get().runtime.output_dir
     logging.getLogger().setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
     log.debug(OmegaConf.to_yaml(cfg))
-    pretrain(cfg, run_dir)
+    with stop_on_bad_input():  # bad data ends the run with its one-line message
+        pretrain(cfg, run_dir)
     destroy_process_group_at_exit()
 
 

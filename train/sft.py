@@ -24,10 +24,12 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from data_pipelines.bad_input import stop_on_bad_input
     from train.engine.distributed import destroy_process_group_at_exit
 
     logging.getLogger().setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
-    pretrain(cfg, cfg.run_dir or HydraConfig.get().runtime.output_dir)
+    with stop_on_bad_input():  # bad data ends the run with its one-line message
+        pretrain(cfg, cfg.run_dir or HydraConfig.get().runtime.output_dir)
     destroy_process_group_at_exit()
 
 

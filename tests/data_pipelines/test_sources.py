@@ -15,8 +15,8 @@ from data_pipelines.collate import Collator
 from data_pipelines.encode import Encoder, EncodeSpec
 from data_pipelines.images import ImageSpec
 from data_pipelines.loader import StreamingBatches
+from data_pipelines.mixture import count_and_drop_skipped, encode_records
 from data_pipelines.sources import mix, read_records, shard_for_rank
-from data_pipelines.text_dataset import count_and_drop_skipped, encode_records
 from data_pipelines.tokenizer import train_bpe_tokenizer
 
 SPEC = ImageSpec(min_pixels=32 * 32, max_pixels=64 * 64, max_source_pixels=200 * 200)
@@ -88,6 +88,19 @@ def test_restored_stream_continues_with_exactly_the_same_tokens(tmp_path, tok):
     got = [[mb["inputs"]["input_ids"].tolist() for mb in b.next_step()] for _ in range(6)]
     assert got == expected
     assert a.epoch >= 1
+
+
+def test_a_json_array_stream_resumes_exactly(tmp_path, tok):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps([{"text": " ".join(f"document {i}" for _ in range(i % 7 + 1))} for i in range(60)],
+                               indent=2))
+    a = _stream_batches(str(path), tok)
+    for _ in range(3):
+        a.next_step()
+    state = json.loads(json.dumps(a.state_dict()))
+    expected = [[mb["inputs"]["input_ids"].tolist() for mb in a.next_step()] for _ in range(6)]
+    b = _stream_batches(str(path), tok, state)
+    assert [[mb["inputs"]["input_ids"].tolist() for mb in b.next_step()] for _ in range(6)] == expected
 
 
 # ---- bad input: a clear error naming file and line, or a counted skip ----
