@@ -6,7 +6,9 @@ is decided here, once: position ids only for packed rows (Qwen3) or always as 4-
 `pixel_values`, `image_grid_thw` and `mm_token_type_ids` (the processor runs here, in the loader, on the
 images named by the rows); for `varlen` rows the micro-batch is flattened into one sequence with
 `cu_seq_lens_*` for fla / flash attention. No attention mask is needed: rows are right-padded, attention is
-causal and pads carry no labels; the padding after the last labelled column of a micro-batch is cut.
+causal and pads carry no labels; the padding after the last labelled column of a micro-batch is cut. Beside
+the labels each micro-batch carries `token_mask`, True on real tokens, for what counts tokens rather than
+labels (the load-balancing loss and the expert-load metrics).
 """
 
 from __future__ import annotations
@@ -43,6 +45,20 @@ def varlen_kwargs(position_ids: torch.Tensor) -> dict[str, torch.Tensor | int]:
     return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len}
 
 
+def real_token_mask(positions: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Boolean (rows, width): True on real tokens, False on the padding `pack_samples` appends to a row.
+
+    Padding follows a row's last sample with positions restarting at 0 and no labels, so it is the row's last
+    segment (from its last position 0) when that segment carries no label. Labels alone cannot mark real tokens:
+    a document's first token and a dialog's system and user turns carry none, and neither does the padding.
+    """
+    columns = torch.arange(positions.shape[1], device=positions.device)
+    last_start = torch.where(positions == 0, columns, 0).amax(dim=1, keepdim=True)
+    tail = columns >= last_start
+    tail_labelled = ((labels != IGNORE_INDEX) & tail).any(dim=1, keepdim=True)
+    return ~tail | tail_labelled
+
+
 def labelled_row_widths(labels: torch.Tensor) -> torch.Tensor:
     """Per row, the columns up to its last labelled one (0 for a row without labels)."""
     columns = torch.arange(1, labels.shape[1] + 1, device=labels.device)
@@ -70,6 +86,7 @@ class Collator:
         input_ids, labels, positions = input_ids[:, :width], labels[:, :width], positions[:, :width]
         if rows.get("mm_token_type_ids") is not None:
             rows = {**rows, "mm_token_type_ids": [list(r)[:width] for r in rows["mm_token_type_ids"]]}
+        token_mask = real_token_mask(positions, labels)
         inputs: dict = {"input_ids": input_ids}
         images = [p for row in rows.get("images", []) for p in row]
         if self.mrope:
@@ -102,4 +119,5 @@ class Collator:
                 inputs["mm_token_type_ids"] = inputs["mm_token_type_ids"].reshape(1, -1)
             inputs.update(varlen_kwargs(positions))
             labels = labels.reshape(1, -1)
-        return {"inputs": inputs, "labels": labels}
+            token_mask = token_mask.reshape(1, -1)
+        return {"inputs": inputs, "labels": labels, "token_mask": token_mask}

@@ -109,6 +109,7 @@ def test_qwen3_5_ties_from_the_top_level_key_and_a_text_only_tie_is_refused():
     ("deepspeed.zero_stage=4", "deepspeed.zero_stage=4 is not one of"),
     ("parallel.ep_size=3", "parallel.ep_size=3 does not divide the world size 2"),
     ("logger.wandb_mode=loud", "logger.wandb_mode='loud' is not one of"),
+    ("loss.balance=global", "loss.balance='global' is not one of \\['micro_batch', 'global_batch'\\]"),
     ("model.init_from=/no/such/model", "model.init_from='/no/such/model': no such directory"),
     ("model.trust_remote_code=true", "model.trust_remote_code=true is refused"),
     ("trainer.micro_batch_size=0", "trainer.micro_batch_size=0 must be >= 1"),

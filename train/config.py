@@ -95,10 +95,15 @@ class OptimConfig:
     embedding_lr_scale: float = 1.0
 
 
+BALANCE_MODES = ("micro_batch", "global_batch")
+
+
 @dataclass
 class LossConfig:
     aux_coef: float = 1e-3
     z_coef: float = 1e-3
+    # The tokens the load-balancing loss's expert frequencies are counted over (train/engine/load_balance.py).
+    balance: str = "micro_batch"
 
 
 @dataclass
@@ -215,6 +220,7 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
     _choice("logger.wandb_mode", cfg.logger.wandb_mode, ("offline", "online", "disabled"))
     validate_data(cfg.data)
     _choice("trainer.nonfinite", cfg.trainer.nonfinite, ("stop", "skip"))
+    _choice("loss.balance", cfg.loss.balance, BALANCE_MODES)
     if cfg.trainer.max_nonfinite_skips < 0:
         raise ValueError(f"trainer.max_nonfinite_skips={cfg.trainer.max_nonfinite_skips} must be >= 0")
     if cfg.run_name in ("", ".", "..") or "/" in cfg.run_name or os.sep in cfg.run_name:

@@ -109,7 +109,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         checkpoint_every=cfg.trainer.checkpoint_every, stop_after_steps=cfg.trainer.stop_after_steps,
         lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps, min_lr_ratio=cfg.optim.min_lr_ratio,
         schedule=cfg.optim.schedule, decay_fraction=cfg.optim.decay_fraction,
-        aux_coef=cfg.loss.aux_coef, z_coef=cfg.loss.z_coef, num_experts=text.num_experts,
+        aux_coef=cfg.loss.aux_coef, z_coef=cfg.loss.z_coef, balance=cfg.loss.balance, num_experts=text.num_experts,
         top_k=text.num_experts_per_tok, flops=training_flops(hf_config, cfg.data.seq_len),
         peak_tflops=device_peak_tflops(cfg.trainer.peak_tflops_per_device),
         nonfinite=cfg.trainer.nonfinite, max_nonfinite_skips=cfg.trainer.max_nonfinite_skips,

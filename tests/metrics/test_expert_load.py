@@ -6,9 +6,11 @@ from train.metrics.expert_load import ExpertLoad, summarize
 
 
 def test_counts_top_k_of_router_logits_and_resets():
+    from train.engine.load_balance import routed_counts
+
     load = ExpertLoad(num_layers=2, num_experts=4, top_k=2)
     logits = torch.tensor([[5.0, 4.0, 0.0, 0.0], [5.0, 0.0, 4.0, 0.0], [0.0, 0.0, 5.0, 4.0]])
-    load.update((logits, logits.flip(-1)))
+    load.update(routed_counts((logits, logits.flip(-1)), 2, 4, None))
     m = load.reduce_and_reset(torch.device("cpu"))
     assert m["expert/per_layer"]["load"][0] == [2, 1, 2, 1]
     assert m["expert/per_layer"]["load"][1] == [1, 2, 1, 2]

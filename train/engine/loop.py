@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from train.checkpoint.checkpointer import Checkpointer, rng_state
 from train.engine import fault_injection
+from train.engine.load_balance import LoadBalancingLoss
 from train.engine.losses import labelled_logit_positions, moe_losses, touch_unused, vision_parameters
 from train.engine.lr_schedule import get_lr
 from train.engine.nonfinite import NonFinitePolicy
@@ -45,6 +46,7 @@ class LoopSettings:
     top_k: int
     flops: TrainingFlops
     peak_tflops: float
+    balance: str = "micro_batch"
     nonfinite: str = "stop"
     max_nonfinite_skips: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
@@ -84,6 +86,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
     window_tokens, window_logits, window_t0 = 0, 0, time.perf_counter()
     last: dict[str, Any] = {}
     vision = vision_parameters(engine.module)
+    balance = LoadBalancingLoss(s.balance, s.num_experts, s.top_k)
     engine.train()
     while step < s.max_steps:
         lr = get_lr(step, s.lr, s.warmup_steps, s.max_steps, s.min_lr_ratio, s.schedule, s.decay_fraction)
@@ -91,13 +94,16 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
             group["lr"] = lr * group.get("lr_scale", 1.0)
         sums = torch.zeros(5, dtype=torch.float64)  # total, lm, aux, z, non-finite count
         micro_batches = batches.next_step()
+        balance.start_step()
         bad_rows: list[int] = []  # packed-row indices of micro-batches with a non-finite loss
         for mb in micro_batches:  # {"inputs": model kwargs (ids, positions, images), "labels": ...}
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in mb["inputs"].items()}
             labels = mb["labels"].to(device)
             keep = labelled_logit_positions(labels)
             out = engine(**inputs, output_router_logits=True, use_cache=False, logits_to_keep=keep)
-            terms = moe_losses(out.logits, labels, out.router_logits, s.num_experts, s.top_k, s.aux_coef, s.z_coef)
+            aux, routed = balance(out.router_logits, mb.get("token_mask"))
+            terms = moe_losses(out.logits, labels, out.router_logits, s.num_experts, s.top_k, s.aux_coef, s.z_coef,
+                               aux=aux)
             total = fault_injection.poison_loss(terms.total, step + 1)
             fault_injection.after_forward(step + 1)
             engine.backward(total + touch_unused(vision, "pixel_values" not in inputs))
@@ -107,7 +113,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
             if not torch.isfinite(values).all():
                 sums[4] += 1
                 bad_rows += mb.get("rows", [])
-            expert_load.update(out.router_logits)
+            expert_load.update(routed)
             window_tokens += mb["labels"].numel()
             window_logits += keep.sum()  # a tensor: no device sync per micro-batch
         step += 1

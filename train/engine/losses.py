@@ -59,9 +59,11 @@ def router_z_loss(router_logits: tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 
 def moe_losses(logits: torch.Tensor, labels: torch.Tensor, router_logits: tuple[torch.Tensor, ...],
-               num_experts: int, top_k: int, aux_coef: float, z_coef: float) -> LossTerms:
+               num_experts: int, top_k: int, aux_coef: float, z_coef: float,
+               aux: torch.Tensor | None = None) -> LossTerms:
+    """`aux`: a load-balancing loss computed by the caller (train/engine/load_balance.py), else transformers'."""
     lm = causal_lm_loss(logits, labels)
-    aux = load_balancing_loss(router_logits, num_experts, top_k)
+    aux = load_balancing_loss(router_logits, num_experts, top_k) if aux is None else aux
     z = router_z_loss(router_logits)
     return LossTerms(total=lm + aux_coef * aux + z_coef * z, lm=lm, aux=aux, z=z)
 

@@ -1,7 +1,8 @@
-"""Per-layer expert load counted from the router logits of each step.
+"""Per-layer expert load: the routed counts of each step's real tokens, summed over a logging window.
 
 AutoEP's own `tokens_per_expert` buffer is never reset and also counts activation-checkpoint recomputes, so
-the counts here come from the top-k of the captured logits of the real forward passes only.
+the counts come from the top-k of the captured router logits of the real forward passes only, without padding
+(`train.engine.load_balance.routed_counts`, the counts the load-balancing loss uses).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ class ExpertLoad:
         self.top_k = top_k
         self.counts = torch.zeros(num_layers, num_experts, dtype=torch.float64)
 
-    @torch.no_grad()
-    def update(self, router_logits: tuple[torch.Tensor, ...]) -> None:
-        for layer, logits in enumerate(router_logits):
-            chosen = logits.detach().topk(self.top_k, dim=-1).indices.reshape(-1)
-            self.counts[layer] += torch.bincount(chosen.cpu(), minlength=self.num_experts).double()
+    def update(self, counts: torch.Tensor) -> None:
+        """Add one micro-batch's (MoE layers, experts) routed counts (kept on their device: no sync here)."""
+        if self.counts.device != counts.device:
+            self.counts = self.counts.to(counts.device)
+        self.counts[:len(counts)] += counts.detach().double()
 
     def reduce_and_reset(self, device: torch.device) -> dict:
         """Sum over all ranks (collective: every rank must call it) and summarise; then start a new window."""

@@ -20,7 +20,7 @@ CONFIG_KEYS = ("run_name", "model.family", "model.init_from", "model.hf_config.h
                "model.hf_config.num_experts_per_tok", "data.kind", "data.source", "data.seq_len",
                "parallel.ep_size", "deepspeed.zero_stage", "trainer.max_steps", "trainer.micro_batch_size",
                "trainer.grad_accum_steps", "trainer.precision", "optim.lr", "optim.warmup_steps",
-               "loss.aux_coef", "loss.z_coef")
+               "loss.aux_coef", "loss.z_coef", "loss.balance")
 
 
 def _finite(v: Any) -> float | None:
