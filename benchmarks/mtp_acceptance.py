@@ -2,6 +2,12 @@
 
     .venv/bin/python -m benchmarks.mtp_acceptance --world data/commerce_world \
         --export pretrain=exports/pretrain_mtp --export joint=exports/sft_mtp --export stale=exports/sft_stale
+    # vLLM's own acceptance on the same dialogs: prompts (the history before each assistant turn), then
+    # scripts/check_serving.sh per export, then merged in with --vllm
+    .venv/bin/python -m benchmarks.mtp_acceptance --world data/commerce_world --write-prompts prompts.json \
+        --export joint=exports/sft_mtp --limit 8
+    PROMPTS=prompts.json SPEC_RESULT=joint_vllm.json scripts/check_serving.sh exports/sft_mtp 48
+    .venv/bin/python -m benchmarks.mtp_acceptance ... --vllm joint=joint_vllm.json --vllm stale=stale_vllm.json
 
 Each export is loaded as a user serves it (transformers' class, fp32) with its `mtp.*` head read back
 (train/models/mtp.py `load_mtp`), and scored by train/eval/mtp_acceptance.py: `mtp_acceptance` is the share of
@@ -46,6 +52,23 @@ def score(path: str, world: str, split: str, limit: int | None) -> dict:
     return row
 
 
+def reference_prompts(export: str, world: str, split: str, limit: int | None) -> list[str]:
+    """The chat history before every assistant turn of the first `limit` reference dialogs, rendered as the
+    evaluation's agent renders it (no tool schemas, no thinking)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    lines = (Path(world) / "dialogs" / f"{split}.jsonl").read_text(encoding="utf-8").splitlines()[:limit]
+    prompts = []
+    for line in lines:
+        messages = json.loads(line)["messages"]
+        for i, m in enumerate(messages):
+            if m["role"] == "assistant":
+                prompts.append(tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True, tokenize=False,
+                                                             enable_thinking=False))
+    return prompts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--export", action="append", required=True, help="NAME=EXPORT_DIR (repeat)")
@@ -53,12 +76,24 @@ def main() -> None:
     ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=None, help="first N reference dialogs (default: all)")
     ap.add_argument("--name", default="mtp_acceptance")
+    ap.add_argument("--write-prompts", default=None, help="write the reference prompts for vLLM (first export's "
+                    "tokenizer) to this JSON file and stop")
+    ap.add_argument("--vllm", action="append", default=[], help="NAME=SPEC_RESULT.json from scripts/check_serving.sh")
     args = ap.parse_args()
+    if args.write_prompts:
+        path = args.export[0].partition("=")[2]
+        prompts = reference_prompts(path, args.world, args.split, args.limit)
+        Path(args.write_prompts).write_text(json.dumps(prompts, ensure_ascii=False))
+        print(f"wrote {len(prompts)} prompts to {args.write_prompts}")
+        return
+    vllm = {name: json.loads(Path(p).read_text()) for name, _, p in (v.partition("=") for v in args.vllm)}
     rows = {}
     for item in args.export:
         name, _, path = item.partition("=")
         rows[name] = score(path, args.world, args.split, args.limit)
         r = rows[name]
+        if name in vllm:
+            r["vllm"] = {k: vllm[name][k] for k in ("acceptance", "accepted", "drafted", "prompts", "same_tokens")}
         print(f"{name:<10} mtp_acceptance {r['mtp_acceptance']:.3f}  mtp_token_acc {r['mtp_token_acc']:.3f}  "
               f"drafts {r['mtp_drafts']}  trunk token acc {r['reference_assistant_token_acc']:.3f}  "
               f"(head: {r['mtp']}, {r['wall_s']:.0f} s)", flush=True)

@@ -117,12 +117,14 @@ def test_without_mtp_the_loop_logs_exactly_the_reference_loops_losses(tmp_path):
     assert [(m["loss"], m["lm_loss"]) for m in logged] == expected
 
 
-def test_with_mtp_the_loop_adds_the_weighted_mtp_loss_and_logs_it(tmp_path):
+@pytest.mark.parametrize("zero", ["zero1", "zero3"])
+def test_with_mtp_the_loop_adds_the_weighted_mtp_loss_and_logs_it(tmp_path, zero):
+    """Under ZeRO-3 too: the MTP module and the shared head run outside the engine's forward, on gathered weights."""
     from train.engine.losses import labelled_logit_positions, moe_losses
     from train.engine.mtp_loss import MtpObjective
 
     cfg, model, text, s, make_engine = _engine_and_settings([*QWEN3_5, "model.mtp_layers=1", "loss.mtp_coef=0.5",
-                                                             "trainer.max_steps=1"])
+                                                             "trainer.max_steps=1", f"deepspeed={zero}"])
     reference_model = copy.deepcopy(model)
     logged = _run_loop(tmp_path, model, text, s, make_engine, mtp_layers=1)
     assert len(logged) == 1 and logged[0]["mtp_loss"] > 0

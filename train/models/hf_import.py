@@ -105,13 +105,17 @@ def build_rank_local(model_cls: type[PreTrainedModel], hf_config: PretrainedConf
     """
     from train.models.mtp import attach_mtp, stored_mtp_layers
 
-    stored = stored_mtp_layers(list(shard_index(folder))) if mtp_layers else None
-    if stored is not None and stored != mtp_layers:
+    stored = stored_mtp_layers(list(shard_index(folder)))
+    if stored is not None and not mtp_layers:
+        log.warning("%s holds a multi-token prediction module (mtp.*); with model.mtp_layers=0 it goes to the export "
+                    "unchanged and will draft for the trunk it was trained with, not this one (set model.mtp_layers="
+                    "%d and loss.mtp_coef to train it along)", folder, stored or 1)
+    if mtp_layers and stored is not None and stored != mtp_layers:
         raise ValueError(f"{folder}: the checkpoint holds {stored} MTP layer(s) (mtp.layers.N.*) but "
                          f"model.mtp_layers={mtp_layers}")
     with init_empty_weights(include_buffers=False):
         model = model_cls._from_config(hf_config, dtype=dtype)
-        if stored:
+        if mtp_layers and stored:
             attach_mtp(model, mtp_layers, initialise=False)
     materialize_empty(model)
     load_hf_weights(model, folder, ep_rank, ep_size)
