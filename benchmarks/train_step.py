@@ -6,6 +6,8 @@
     python -m benchmarks.train_step --preset qwen3_30b_a3b_4l --device cuda     # GPU: 30B-A3B shape, 4 layers
     .venv/bin/python -m benchmarks.train_step --preset qwen3_5_moe_tiny --labelled 0.35 --lm-head all,labelled
                                                      # LM head on every position vs on the labelled ones only
+    .venv/bin/python -m benchmarks.train_step --preset qwen3_5_moe_tiny --labelled 0.53 --mtp 0,1
+                                                     # step time with a multi-token prediction layer vs without
 
 Tokens are random (no data pipeline), so this measures the model step only. Each row: tokens/s (all ranks),
 TFLOP/s per device from active-parameter FLOPs, MFU against the device peak, peak memory per rank.
@@ -52,6 +54,7 @@ def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, wa
     `lm_head`: "all" computes logits everywhere, "labelled" only where the loss reads them (as the loop does)."""
     from train.engine.deepspeed_setup import build_engine, resolve_dtype
     from train.engine.losses import labelled_logit_positions, moe_losses
+    from train.engine.mtp_loss import MtpObjective
     from train.metrics.throughput import active_params_per_token, device_peak_tflops, training_flops
     from train.models.build import build_hf_config, build_model
 
@@ -60,6 +63,7 @@ def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, wa
     with torch.device(dist_info.device):  # initialise on the device: a 5B-parameter CPU init takes minutes
         model = build_model(cfg.model, hf_config, resolve_dtype(cfg.trainer.precision), seed=0)
     engine = build_engine(cfg, model)
+    mtp = MtpObjective(engine.module) if cfg.model.mtp_layers else None
     text = hf_config.get_text_config()
     g = torch.Generator().manual_seed(dist_info.rank)
     ids = torch.randint(0, text.vocab_size, (micro_batch, seq_len), generator=g).to(dist_info.device)
@@ -75,8 +79,12 @@ def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, wa
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         out = engine(input_ids=ids, output_router_logits=True, use_cache=False, logits_to_keep=keep)
-        loss = moe_losses(out.logits, labels, out.router_logits, text.num_experts, text.num_experts_per_tok,
-                          cfg.loss.aux_coef, cfg.loss.z_coef).total
+        router_logits, mtp_loss = out.router_logits, 0.0
+        if mtp is not None:
+            m = mtp(labels)
+            router_logits, mtp_loss = router_logits + m.router_logits, cfg.loss.mtp_coef * m.loss
+        loss = moe_losses(out.logits, labels, router_logits, text.num_experts, text.num_experts_per_tok,
+                          cfg.loss.aux_coef, cfg.loss.z_coef).total + mtp_loss
         engine.backward(loss)
         engine.step()
         if dist_info.device.type == "cuda":
@@ -85,7 +93,9 @@ def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, wa
             times.append(time.perf_counter() - t0)
     step_s = statistics.median(times)
     tokens_per_s_rank = micro_batch * seq_len / step_s
-    tflops = training_flops(hf_config, seq_len).of(micro_batch * seq_len, logits_per_step) / step_s / 1e12
+    mtp_logits = int((labels[:, 2:] != -100).sum()) if mtp is not None else 0
+    tflops = training_flops(hf_config, seq_len, cfg.model.mtp_layers).of(
+        micro_batch * seq_len, logits_per_step + mtp_logits) / step_s / 1e12
     peak = device_peak_tflops(cfg.trainer.peak_tflops_per_device)
     if dist_info.device.type == "cuda":
         mem = torch.cuda.max_memory_allocated() / 2**30
@@ -95,7 +105,7 @@ def measure(overrides: list[str], micro_batch: int, seq_len: int, steps: int, wa
         mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return {
         "overrides": overrides, "labelled": labelled, "lm_head": lm_head, "micro_batch": micro_batch,
-        "seq_len": seq_len, "ep_size": cfg.parallel.ep_size,
+        "seq_len": seq_len, "ep_size": cfg.parallel.ep_size, "mtp_layers": cfg.model.mtp_layers,
         "world_size": dist_info.world_size, "num_experts": text.num_experts, "top_k": text.num_experts_per_tok,
         "active_params": active_params_per_token(hf_config), "step_ms": 1e3 * step_s,
         "tokens_per_s": tokens_per_s_rank * dist_info.world_size, "tflops_per_device": tflops,
@@ -116,6 +126,7 @@ def main() -> None:
     ap.add_argument("--zero", type=int, default=1)
     ap.add_argument("--labelled", type=float, default=1.0, help="fraction of positions with a label")
     ap.add_argument("--lm-head", default="labelled", help="comma-separated: all, labelled")
+    ap.add_argument("--mtp", default="0", help="comma-separated model.mtp_layers to compare (Qwen3.5): 0, 1")
     ap.add_argument("--extra", default="", help="extra Hydra overrides, space separated")
     ap.add_argument("--name", default=None)
     args = ap.parse_args()
@@ -135,6 +146,8 @@ def main() -> None:
         runs = [[*PRESETS[presets[0]], f"{key}={n}"] for n in args.experts.split(",")]
     else:
         runs = [PRESETS[p] for p in presets]
+    mtp_settings = [[f"model.mtp_layers={n}", f"loss.mtp_coef={0.3 if int(n) else 0.0}"] for n in args.mtp.split(",")]
+    runs = [[*r, *m] for r in runs for m in mtp_settings]
     rows = []
     heads = args.lm_head.split(",")
     for overrides, lm_head in itertools.product(runs, heads):
@@ -142,7 +155,8 @@ def main() -> None:
                       args.labelled, lm_head)
         rows.append(row)
         if dist_info.is_main:
-            print(f"{' '.join(overrides):<50} head={lm_head:<8} E={row['num_experts']:<4} ep={row['ep_size']} step "
+            print(f"{' '.join(overrides):<50} head={lm_head:<8} E={row['num_experts']:<4} ep={row['ep_size']} "
+                  f"mtp={row['mtp_layers']} step "
                   f"{row['step_ms']:8.1f} ms  {row['tokens_per_s']:9.0f} tok/s  {row['tflops_per_device']:7.3f} "
                   f"TFLOP/s  MFU {100 * row['mfu']:5.1f}%  mem {row['peak_memory_gib_rank0']:.2f} GiB", flush=True)
     if dist_info.is_main and len(heads) > 1:
@@ -151,6 +165,10 @@ def main() -> None:
             print(f"{' '.join(pair[0]['overrides'][:1])}: step time "
                   + ", ".join(f"{r['lm_head']} {r['step_ms'] / pair[0]['step_ms']:.2f}x" for r in pair)
                   + f" of {pair[0]['lm_head']} ({args.labelled:.0%} of positions labelled)")
+    if dist_info.is_main and len(mtp_settings) > 1:
+        base = rows[0]["step_ms"]
+        print("step time vs model.mtp_layers=" + mtp_settings[0][0].split("=")[1] + ": " + ", ".join(
+            f"mtp_layers={r['mtp_layers']} {r['step_ms'] / base:.2f}x" for r in rows))
     if dist_info.is_main:
         name = args.name or f"train_step_{dist_info.device.type}_ep{args.ep}" + ("_experts" if args.experts else "")
         out = Path(__file__).parent / "results" / f"{name}.json"

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Prove an export serves: vLLM (CPU build, its own virtualenv) and transformers give the same greedy tokens.
+# An export with a multi-token prediction layer (`mtp.*`, config `mtp_num_hidden_layers`) is then served again with
+# MTP speculative decoding (one draft token per step): its greedy tokens must equal the run without speculation,
+# and vLLM's draft acceptance (accepted / drafted tokens, from its spec-decode counters) is printed.
 #
 #   scripts/check_serving.sh EXPORT_DIR [MAX_NEW_TOKENS]
+#   PROMPTS=prompts.json scripts/check_serving.sh EXPORT_DIR 64      # your own text prompts (a JSON list)
+#   SPEC_RESULT=spec.json scripts/check_serving.sh EXPORT_DIR       # the speculative-decoding figures as JSON too
 #
 # Not part of CI: the vLLM virtualenv is ~3.5 GB. Built once under .cache/vllm-venv (VLLM_VENV to change;
 # VLLM_SPEC / VLLM_PIP_ARGS to pick another build or index).
@@ -80,11 +85,16 @@ EOF
 }
 ensure_torchvision
 
-cat > "$WORK/prompts.json" <<'EOF'
+if [ -n "${PROMPTS:-}" ]; then
+  cp "$PROMPTS" "$WORK/prompts.json"
+else
+  cat > "$WORK/prompts.json" <<'EOF'
 ["<|im_start|>user\nHello, what can you do?<|im_end|>\n<|im_start|>assistant\n",
  "The quick brown fox",
  "Order two tickets for the cinema tonight"]
 EOF
+fi
+MTP_LAYERS=$("$PY" -c "import json,sys; c=json.load(open(sys.argv[1])); print(c.get('text_config', c).get('mtp_num_hidden_layers', 0))" "$EXPORT_DIR/config.json")
 
 # transformers (the project's venv) -> token ids
 "$PY" - "$EXPORT_DIR" "$WORK" "$MAX_NEW" "$DTYPE" <<'EOF'
@@ -126,15 +136,18 @@ json.dump(out, open(f"{work}/transformers.json", "w"))
 EOF
 
 # vLLM (its own venv) -> token ids for the same prompt ids. A real file with a __main__ guard: vLLM's engine
-# process re-imports the main module.
+# process re-imports the main module. Mode `spec` serves with MTP speculative decoding and also records vLLM's
+# spec-decode counters.
 cat > "$WORK/run_vllm.py" <<'EOF'
 import json, sys
 
 def main():
     from vllm import LLM, SamplingParams
-    export, work, max_new, dtype = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    export, work, max_new, dtype, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
     ref = json.load(open(f"{work}/transformers.json"))
-    llm = LLM(model=export, dtype=dtype, enforce_eager=True, max_model_len=512, max_num_seqs=4)
+    spec = {"speculative_config": {"method": "mtp", "num_speculative_tokens": 1}, "disable_log_stats": False}
+    llm = LLM(model=export, dtype=dtype, enforce_eager=True, max_model_len=2048, max_num_seqs=4,
+              **(spec if mode == "spec" else {}))
     params = SamplingParams(temperature=0.0, max_tokens=max_new, ignore_eos=True)
     prompts = []
     for r in ref:  # text: the same prompt ids; image: vLLM's own processor expands the placeholder
@@ -144,18 +157,24 @@ def main():
         else:
             prompts.append({"prompt_token_ids": r["prompt_ids"]})
     outs = llm.generate(prompts, params)
-    json.dump([{"tokens": list(o.outputs[0].token_ids), "prompt_ids": list(o.prompt_token_ids)} for o in outs],
-              open(f"{work}/vllm.json", "w"))
+    result = {"outputs": [{"tokens": list(o.outputs[0].token_ids), "prompt_ids": list(o.prompt_token_ids)}
+                          for o in outs]}
+    if mode == "spec":
+        result["spec_decode"] = {m.name: m.value for m in llm.get_metrics()
+                                 if m.name.startswith("vllm:spec_decode") and hasattr(m, "value")}
+    json.dump(result, open(f"{work}/vllm_{mode}.json", "w"))
 
 if __name__ == "__main__":
     main()
 EOF
-VLLM_CPU_KVCACHE_SPACE=1 "$VENV/bin/python" "$WORK/run_vllm.py" "$EXPORT_DIR" "$WORK" "$MAX_NEW" "$DTYPE"
+run_vllm() { VLLM_CPU_KVCACHE_SPACE=1 "$VENV/bin/python" "$WORK/run_vllm.py" "$EXPORT_DIR" "$WORK" "$MAX_NEW" "$DTYPE" "$1"; }
+run_vllm plain
 
-"$PY" - "$WORK" <<'EOF'
+rc=0
+"$PY" - "$WORK" <<'EOF' || rc=1
 import json, sys
 work = sys.argv[1]
-hf, vl = json.load(open(f"{work}/transformers.json")), json.load(open(f"{work}/vllm.json"))
+hf, vl = json.load(open(f"{work}/transformers.json")), json.load(open(f"{work}/vllm_plain.json"))["outputs"]
 same = 0
 for i, (a, b) in enumerate(zip(hf, vl)):
     ok = a["tokens"] == b["tokens"] and a["prompt_ids"] == b["prompt_ids"]
@@ -167,3 +186,23 @@ for i, (a, b) in enumerate(zip(hf, vl)):
 print(f"{same}/{len(hf)} prompts: vLLM greedy tokens equal transformers'")
 sys.exit(0 if same == len(hf) else 1)
 EOF
+
+[ "$MTP_LAYERS" -gt 0 ] || { echo "no MTP layer in $EXPORT_DIR (mtp_num_hidden_layers unset): speculative decoding not checked"; exit $rc; }
+run_vllm spec
+"$PY" - "$WORK" "${SPEC_RESULT:-}" <<'EOF' || rc=1
+import json, sys
+work, out = sys.argv[1], sys.argv[2]
+plain = json.load(open(f"{work}/vllm_plain.json"))["outputs"]
+spec = json.load(open(f"{work}/vllm_spec.json"))
+same = sum(a["tokens"] == b["tokens"] for a, b in zip(plain, spec["outputs"], strict=True))
+c = spec["spec_decode"]
+drafted, accepted = c.get("vllm:spec_decode_num_draft_tokens", 0), c.get("vllm:spec_decode_num_accepted_tokens", 0)
+rate = accepted / drafted if drafted else float("nan")
+print(f"{same}/{len(plain)} prompts: greedy tokens with MTP speculative decoding equal those without")
+print(f"MTP draft acceptance (vLLM spec-decode counters): {accepted}/{drafted} = {rate:.3f}")
+if out:
+    json.dump({"prompts": len(plain), "same_tokens": same, "drafted": drafted, "accepted": accepted,
+               "acceptance": rate, "counters": c}, open(out, "w"), indent=2)
+sys.exit(0 if same == len(plain) and drafted > 0 else 1)
+EOF
+exit $rc

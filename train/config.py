@@ -51,6 +51,10 @@ class ModelConfig:
     frozen: list[str] = field(default_factory=list)
     trust_remote_code: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # Qwen3.5 multi-token prediction layers trained beside the trunk (`mtp.*`, the draft head of vLLM/SGLang
+    # speculative decoding): 0 or 1. Read from `init_from` when it has them, else initialised fresh; needs
+    # loss.mtp_coef > 0. With 0, an `init_from` model's mtp.* go to the export unchanged (a stale draft head).
+    mtp_layers: int = 0
 
 
 @dataclass
@@ -104,6 +108,9 @@ class LossConfig:
     z_coef: float = 1e-3
     # The tokens the load-balancing loss's expert frequencies are counted over (train/engine/load_balance.py).
     balance: str = "micro_batch"
+    # Weight of the multi-token prediction loss (model.mtp_layers): loss = lm + mtp_coef * mtp + aux and z terms.
+    mtp_coef: float = 0.0
+
 
 
 @dataclass
@@ -227,6 +234,7 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
         raise ValueError(f"run_name={cfg.run_name!r} must be a plain folder name: runs go to "
                          f"{cfg.paths.runs_dir}/<run_name> and may not escape it")
     _validate_lora(cfg)
+    _validate_mtp(cfg)
     if cfg.model.trust_remote_code:
         raise ValueError("model.trust_remote_code=true is refused: the model classes are transformers' own")
     if cfg.model.init_from is not None and not os.path.isdir(cfg.model.init_from):
@@ -273,6 +281,26 @@ def _validate_lora(cfg: PretrainConfig | DictConfig) -> None:
         raise ValueError("model.lora.enabled=true needs deepspeed.zero_stage <= 2: LoRA freezes the experts, and "
                          "DeepSpeed 0.19.8 cannot checkpoint frozen AutoEP experts under ZeRO-3 (the base weights "
                          "are replicated anyway; ZeRO-1/2 partition the adapters' optimizer state)")
+
+
+def _validate_mtp(cfg: PretrainConfig | DictConfig) -> None:
+    layers, coef = cfg.model.mtp_layers, cfg.loss.mtp_coef
+    if layers not in (0, 1):
+        raise ValueError(f"model.mtp_layers={layers} must be 0 or 1 (released Qwen3.5 checkpoints have one MTP "
+                         "layer; vLLM chains it for more draft tokens)")
+    if coef < 0:
+        raise ValueError(f"loss.mtp_coef={coef} must be >= 0")
+    if layers and cfg.model.family != "qwen3_5_moe":
+        raise ValueError(f"model.mtp_layers={layers}: multi-token prediction is Qwen3.5's (model.family=qwen3_5_moe), "
+                         f"not {cfg.model.family}'s")
+    if layers and coef == 0:
+        raise ValueError(f"model.mtp_layers={layers} with loss.mtp_coef=0 would carry an MTP layer that never trains; "
+                         "set loss.mtp_coef (e.g. 0.3) or model.mtp_layers=0")
+    if coef and not layers:
+        raise ValueError(f"loss.mtp_coef={coef} needs model.mtp_layers=1 (there is no MTP layer to train)")
+    if layers and cfg.model.lora.enabled:
+        raise ValueError("model.mtp_layers with model.lora.enabled=true is not supported yet: LoRA freezes every base "
+                         "weight, the MTP layer's included; train it in a full fine-tune")
 
 
 def to_container(cfg: PretrainConfig | DictConfig) -> dict:

@@ -23,8 +23,8 @@ from train.config import EvaluateConfig, register_eval_configs
 log = logging.getLogger("train.evaluate")
 register_eval_configs()
 
-# Teacher-forced copying scores (reference dialogs, order-record repeats): listed after the headline metrics.
-COPYING_PREFIXES = ("reference_", "record_repeat")
+# Teacher-forced scores (reference dialogs, order-record repeats, MTP draft acceptance): after the headline metrics.
+COPYING_PREFIXES = ("reference_", "record_repeat", "mtp_")
 TABLE_KEYS = ["task_success", "unconfirmed_orders", "unconfirmed_actions", "terms_shown_rate",
               "grounded_option_rate", "invalid_tool_call_rate", "repeated_questions", "needed_slots_asked",
               "slots_needed", "turns_per_task", "generated_tokens_per_task"]
@@ -85,6 +85,13 @@ def evaluate_model(cfg: EvaluateConfig | DictConfig) -> dict[str, Any]:
 
         summary.update(evaluate_reference_dialogs(model, tokenizer, ev.world_dir, ev.split, ev.reference_limit,
                                                   family == "qwen3_5_moe", ev.render_tools, state))
+    if ev.reference_limit != 0 and family == "qwen3_5_moe":
+        from train.eval.mtp_acceptance import evaluate_mtp_acceptance
+        from train.models.mtp import load_mtp
+
+        if load_mtp(model, cfg.model_path):  # the export's draft head (mtp.*), which transformers does not load
+            summary.update(evaluate_mtp_acceptance(model, tokenizer, ev.world_dir, ev.split, ev.reference_limit,
+                                                   True, ev.render_tools, state))
     if ev.record_repeats_limit != 0:
         from train.eval.record_repeats import evaluate_record_repeats
 

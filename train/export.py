@@ -57,7 +57,8 @@ def export(cfg: ExportConfig | DictConfig) -> dict[str, Any]:
         batches = export_verify.fixed_inputs(source.family, tokenizer)
         reference = export_verify.training_logits(source, batches, world)
         if rank == 0:
-            exported = export_verify.export_logits(Path(cfg.out), source.family, batches)
+            mtp = bool(source.run_config.get("model", {}).get("mtp_layers"))
+            exported = export_verify.export_logits(Path(cfg.out), source.family, batches, mtp)
             atol = cfg.export.verify_atol
             atol = export_verify.DEFAULT_ATOL[cfg.export.dtype] if atol is None else atol
             result["verify_max_diff"] = export_verify.compare(reference, exported, atol)

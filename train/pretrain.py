@@ -110,12 +110,14 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         lr=cfg.optim.lr, warmup_steps=cfg.optim.warmup_steps, min_lr_ratio=cfg.optim.min_lr_ratio,
         schedule=cfg.optim.schedule, decay_fraction=cfg.optim.decay_fraction,
         aux_coef=cfg.loss.aux_coef, z_coef=cfg.loss.z_coef, balance=cfg.loss.balance, num_experts=text.num_experts,
-        top_k=text.num_experts_per_tok, flops=training_flops(hf_config, cfg.data.seq_len),
+        top_k=text.num_experts_per_tok, flops=training_flops(hf_config, cfg.data.seq_len, cfg.model.mtp_layers),
         peak_tflops=device_peak_tflops(cfg.trainer.peak_tflops_per_device),
         nonfinite=cfg.trainer.nonfinite, max_nonfinite_skips=cfg.trainer.max_nonfinite_skips,
+        mtp_coef=cfg.loss.mtp_coef,
         meta={"topology": topology.as_dict(), "family": cfg.model.family},
     )
-    expert_load = ExpertLoad(text.num_hidden_layers, text.num_experts, text.num_experts_per_tok)
+    # the MTP layer, when there is one, is the last row of the per-layer expert load
+    expert_load = ExpertLoad(text.num_hidden_layers + cfg.model.mtp_layers, text.num_experts, text.num_experts_per_tok)
     try:
         monitor = CollapseMonitor(cfg.logger.collapse_dead_windows, cfg.logger.collapse_max_imbalance)
         result = train_loop(engine, batches, settings, metrics, checkpointer, expert_load, monitor, start_step,

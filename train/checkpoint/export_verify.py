@@ -3,7 +3,8 @@
 The reference is independent of the exporter: the DeepSpeed engine (AutoEP, ZeRO) rebuilt from the run's
 config and loaded from the same checkpoint with DeepSpeed's own `load_checkpoint` (every file weights_only=True,
 train/checkpoint/weights_only_load_shim.py). Inputs are fixed random token ids, and for Qwen3.5 also a fixed
-image placed between `<|vision_start|>` and `<|vision_end|>`.
+image placed between `<|vision_start|>` and `<|vision_end|>`. A run with a multi-token prediction layer is compared
+on its logits too (the export's `mtp.*` read back by train/models/mtp.py `load_mtp`).
 Collective: every rank of the checkpoint's topology runs the engine forward; rank 0 compares.
 """
 
@@ -52,8 +53,24 @@ def fixed_inputs(family: str, tokenizer: PreTrainedTokenizerBase, seed: int = 0)
     return batches
 
 
+def _with_mtp(model, batches: list[dict]) -> list[torch.Tensor]:
+    """The trunk's logits per batch, then (when the model has `model.mtp`) the MTP head's."""
+    from train.models.mtp import TrunkTap, mtp_logits
+
+    tap = TrunkTap(model) if hasattr(model, "mtp") else None
+    trunk, draft = [], []
+    with torch.no_grad():
+        for b in batches:
+            trunk.append(model(**b, use_cache=False).logits.float().cpu())
+            if tap is not None:
+                draft.append(mtp_logits(model, tap.pop())[0].float().cpu())
+    if tap is not None:
+        tap.remove()
+    return trunk + draft
+
+
 def training_logits(source: ExportSource, batches: list[dict], world_size: int) -> list[torch.Tensor]:
-    """Logits of the DeepSpeed engine loaded from the checkpoint (all ranks call this)."""
+    """Logits of the DeepSpeed engine loaded from the checkpoint (all ranks call this); MTP logits after them."""
     from train.engine.deepspeed_setup import build_engine, resolve_dtype
     from train.models.build import build_model
 
@@ -79,15 +96,23 @@ def training_logits(source: ExportSource, batches: list[dict], world_size: int) 
     if load_path is None:
         raise RuntimeError(f"DeepSpeed could not load {source.ckpt_dir}")
     engine.eval()
+    if hasattr(engine.module, "mtp"):
+        return _with_mtp(engine.module, batches)
     with torch.no_grad():
         return [engine(**b, use_cache=False).logits.float().cpu() for b in batches]
 
 
-def export_logits(out: Path, family: str, batches: list[dict]) -> list[torch.Tensor]:
-    """Logits of the export as transformers loads it (fp32 compute, whatever the stored dtype)."""
+def export_logits(out: Path, family: str, batches: list[dict], mtp: bool = False) -> list[torch.Tensor]:
+    """Logits of the export as transformers loads it (fp32 compute, whatever the stored dtype); with `mtp`, the MTP
+    head read from the export's `mtp.*` after them."""
     from train.models.build import FAMILIES
+    from train.models.mtp import load_mtp
 
     model = FAMILIES[family][1].from_pretrained(str(out), dtype=torch.float32).eval()
+    if mtp:
+        if not load_mtp(model, str(out)):
+            raise ValueError(f"verify: {out} has no mtp.* tensors but the run trained a multi-token prediction layer")
+        return _with_mtp(model, batches)
     with torch.no_grad():
         return [model(**b, use_cache=False).logits.float() for b in batches]
 

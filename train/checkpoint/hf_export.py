@@ -32,6 +32,7 @@ from train.models import hf_side_files
 from train.models.hf_adapter import HEAD_WEIGHT, expert_to_hf, family_keys, head_is_tied, to_hf
 from train.models.hf_import import shard_index
 from train.models.lora import EXPERTS_LORA, LORA_A, LORA_B, lora_spec, merge_experts, merge_linear
+from train.models.mtp import MTP_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +97,13 @@ def export_hf_config(source: ExportSource, reader: DeepSpeedCheckpointReader) ->
 
     embed = next(n for n in reader.dense_names() if n.endswith("embed_tokens.weight"))
     vocab = reader.shape(embed)[0]
-    hf_config = build_hf_config(model_config(source), vocab_size=vocab)
+    model_cfg = model_config(source)
+    hf_config = build_hf_config(model_cfg, vocab_size=vocab)
     if hf_config.get_text_config().vocab_size != vocab:
         raise ValueError(f"{source.ckpt_dir}: embedding has {vocab} rows, the run's model config says "
                          f"{hf_config.get_text_config().vocab_size}")
+    if model_cfg.mtp_layers:  # the key vLLM and SGLang read to build the draft model
+        hf_config.get_text_config().mtp_num_hidden_layers = model_cfg.mtp_layers
     return hf_config
 
 
@@ -145,8 +149,11 @@ class ShardWriter:
 
 
 def _layer_order(name: str) -> tuple[int, int]:
-    """Embeddings and the vision tower first, then decoder layers in order, then the final norm and head."""
+    """Embeddings and the vision tower first, then decoder layers in order, then the final norm and head, then the
+    multi-token prediction module (its own layers after its projection and norms)."""
     m = _LAYER.search(name)
+    if name.startswith(MTP_PREFIX):
+        return (3, 1 + int(m.group(1))) if m else (3, 0)
     if m and "visual" not in name:
         return (1, int(m.group(1)))
     return (0, 0) if "embed" in name or "visual" in name else (2, 0)
@@ -170,7 +177,7 @@ def hf_tensors(reader: DeepSpeedCheckpointReader, family: str, tied_head: bool =
     LoRA adapters (`lora_scale` = alpha / rank) are merged into the weights they adapt (float32, W + s B A).
     """
     layers_prefix = family_keys(family).layers_prefix
-    moe = {int(_LAYER.search(layer.module_path + ".").group(1)): layer for layer in reader.moe_layers()}
+    moe = {_layer_order(layer.module_path + "."): layer for layer in reader.moe_layers()}
     names, adapters = _dense_and_adapters(reader, lora_scale)
     dense = sorted(names, key=_layer_order)
     by_layer: dict[tuple[int, int], list[str]] = {}
@@ -187,9 +194,9 @@ def hf_tensors(reader: DeepSpeedCheckpointReader, family: str, tied_head: bool =
                 tensor = merge_linear(tensor, reader.read(f"{module}.{LORA_A}"), reader.read(f"{module}.{LORA_B}"),
                                       lora_scale)
             yield hf, tensor
-        if key[0] == 1 and key[1] in moe:
-            layer = moe[key[1]]
-            if not layer.module_path.startswith(layers_prefix):
+        if key in moe:
+            layer = moe[key]
+            if not layer.module_path.startswith((layers_prefix, MTP_PREFIX)):
                 raise ValueError(f"MoE layer {layer.module_path} is not under {layers_prefix} for family {family}")
             prefix = f"{layer.module_path.rsplit('.', 1)[0]}.{EXPERTS_LORA}."
             expert_adapters = {n.removeprefix(prefix): reader.read(n) for n in adapters if n.startswith(prefix)}
@@ -201,7 +208,8 @@ def hf_tensors(reader: DeepSpeedCheckpointReader, family: str, tied_head: bool =
 
 
 def mtp_tensors(init_from: str | None) -> Iterator[tuple[str, torch.Tensor]]:
-    """`mtp.*` tensors of the checkpoint the run started from (transformers drops them; vLLM uses them)."""
+    """`mtp.*` tensors of the checkpoint the run started from (transformers drops them; vLLM uses them), for a run
+    that did not train its own (model.mtp_layers=0): the draft head stays as it was."""
     if not init_from or not Path(init_from).is_dir():
         return
     index = shard_index(init_from)
@@ -251,10 +259,13 @@ def export_checkpoint(ckpt_dir: str | Path, out: str | Path, dtype: torch.dtype 
             if n_tensors == 0:
                 warn_if_upcast(reader.layout, tensor.dtype, dtype)
             writer.add(name, tensor)
-            n_tensors += 1
-        for name, tensor in mtp_tensors(source.init_from):
-            writer.add(name, tensor)
-            n_mtp += 1
+            trained = name.startswith(MTP_PREFIX)  # the run's own MTP layer (model.mtp_layers)
+            n_tensors, n_mtp = n_tensors + (not trained), n_mtp + trained
+        trained_mtp = n_mtp > 0
+        if not trained_mtp:
+            for name, tensor in mtp_tensors(source.init_from):
+                writer.add(name, tensor)
+                n_mtp += 1
         hf_side_files.write_config(hf_config, source.family, dtype, tmp)
         hf_side_files.write_generation_config(tokenizer, tmp)
         hf_side_files.write_tokenizer(tokenizer, tmp)
@@ -262,7 +273,8 @@ def export_checkpoint(ckpt_dir: str | Path, out: str | Path, dtype: torch.dtype 
             hf_side_files.write_image_processor(tmp)
         (tmp / "export_source.json").write_text(json.dumps(
             {"checkpoint": str(source.ckpt_dir), "step": source.meta.get("step"),
-             "topology": source.meta.get("topology"), "layout": reader.layout}, indent=2) + "\n")
+             "topology": source.meta.get("topology"), "layout": reader.layout,
+             "mtp": "trained" if trained_mtp else "carried from init_from" if n_mtp else None}, indent=2) + "\n")
         writer.finish()
         write_manifest(tmp, build_manifest(tmp, exclude={MANIFEST}, collective=False))
         if out.exists():

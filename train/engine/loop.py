@@ -21,6 +21,7 @@ from train.engine import fault_injection
 from train.engine.load_balance import LoadBalancingLoss
 from train.engine.losses import labelled_logit_positions, moe_losses, touch_unused, vision_parameters
 from train.engine.lr_schedule import get_lr
+from train.engine.mtp_loss import MtpObjective
 from train.engine.nonfinite import NonFinitePolicy
 from train.metrics.expert_load import CollapseMonitor, ExpertLoad
 from train.metrics.logger import MetricsLogger
@@ -49,6 +50,7 @@ class LoopSettings:
     balance: str = "micro_batch"
     nonfinite: str = "stop"
     max_nonfinite_skips: int = 0
+    mtp_coef: float = 0.0  # > 0: the model has `model.mtp` (multi-token prediction) and its loss is added
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -87,12 +89,14 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
     last: dict[str, Any] = {}
     vision = vision_parameters(engine.module)
     balance = LoadBalancingLoss(s.balance, s.num_experts, s.top_k)
+    mtp = MtpObjective(engine.module) if s.mtp_coef else None
     engine.train()
     while step < s.max_steps:
         lr = get_lr(step, s.lr, s.warmup_steps, s.max_steps, s.min_lr_ratio, s.schedule, s.decay_fraction)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
         sums = torch.zeros(5, dtype=torch.float64)  # total, lm, aux, z, non-finite count
+        mtp_sum = torch.zeros(1, dtype=torch.float64)
         micro_batches = batches.next_step()
         balance.start_step()
         bad_rows: list[int] = []  # packed-row indices of micro-batches with a non-finite loss
@@ -101,10 +105,16 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
             labels = mb["labels"].to(device)
             keep = labelled_logit_positions(labels)
             out = engine(**inputs, output_router_logits=True, use_cache=False, logits_to_keep=keep)
-            aux, routed = balance(out.router_logits, mb.get("token_mask"))
-            terms = moe_losses(out.logits, labels, out.router_logits, s.num_experts, s.top_k, s.aux_coef, s.z_coef,
+            router_logits, extra = out.router_logits, 0.0
+            if mtp is not None:  # the MTP head reads this forward; its MoE layer is balanced with the trunk's
+                m = mtp(labels)
+                router_logits, extra = router_logits + m.router_logits, s.mtp_coef * m.loss
+                mtp_sum += m.loss.detach().double().cpu()
+                window_logits += m.logits
+            aux, routed = balance(router_logits, mb.get("token_mask"))
+            terms = moe_losses(out.logits, labels, router_logits, s.num_experts, s.top_k, s.aux_coef, s.z_coef,
                                aux=aux)
-            total = fault_injection.poison_loss(terms.total, step + 1)
+            total = fault_injection.poison_loss(terms.total + extra, step + 1)
             fault_injection.after_forward(step + 1)
             engine.backward(total + touch_unused(vision, "pixel_values" not in inputs))
             engine.step()
@@ -120,7 +130,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
         steps_this_run += 1
         flags = torch.tensor([sums[4].item(), float(stop.requested), float(not engine.was_step_applied())],
                              dtype=torch.float64)
-        reduced = torch.cat([sums[:4], flags]).to(device)
+        reduced = torch.cat([sums[:4], flags, mtp_sum]).to(device)
         if world > 1:
             dist.all_reduce(reduced)
         reduced = reduced.cpu()
@@ -147,6 +157,8 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
                 "steps_this_run": steps_this_run, "nonfinite_skips": nonfinite.skipped,
             }
             last["mfu"] = last["tflops_per_device"] / s.peak_tflops
+            if mtp is not None:
+                last["mtp_loss"] = float(reduced[7] / (world * len(micro_batches)))
             last.update(expert_load.reduce_and_reset(device))
             collapse = collapse_monitor.check(last)
             last["expert/collapse_warnings"] = len(collapse)

@@ -83,6 +83,8 @@ class MetricsLogger:
             eta = f" | eta {int(remaining // 60)}m{int(remaining % 60):02d}s"
         parts = [f"step {step}/{self.max_steps}", f"loss {m['loss']:.4f}", f"lr {m['lr']:.2e}",
                  f"gnorm {m['grad_norm']:.3f}", f"tok/s {m['tokens_per_s']:.0f}"]
+        if "mtp_loss" in m:
+            parts.insert(2, f"mtp {m['mtp_loss']:.4f}")
         if not math.isnan(m.get("mfu", math.nan)):
             parts.append(f"mfu {100 * m['mfu']:.1f}%")
         if "expert/imbalance_max" in m:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 
@@ -54,16 +55,28 @@ class TrainingFlops:
         return tokens * self.per_token + logits * self.per_logit
 
 
-def training_flops(config: PretrainedConfig, seq_len: int) -> TrainingFlops:
-    """6 x active parameters, plus causal attention scores (6 * layers * heads * dim * S/2 * 2) per token."""
+def mtp_params_per_token(config: PretrainedConfig, mtp_layers: int) -> int:
+    """Parameters one token passes through in the multi-token prediction layers (train/models/mtp.py): the [H, 2H]
+    projection plus a full-attention MoE layer each; their logits go through the shared head (counted per logit)."""
+    if not mtp_layers:
+        return 0
+    t = config.get_text_config()
+    one_layer = copy.deepcopy(t)
+    one_layer.layer_types, one_layer.num_hidden_layers = ["full_attention"], 1
+    return mtp_layers * (2 * t.hidden_size ** 2 + active_params_per_token(one_layer) - lm_head_params(config))
+
+
+def training_flops(config: PretrainedConfig, seq_len: int, mtp_layers: int = 0) -> TrainingFlops:
+    """6 x active parameters, plus causal attention scores (6 * layers * heads * dim * S/2 * 2) per token; with
+    `mtp_layers`, the MTP layers too."""
     t = config.get_text_config()
     head_dim = getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads
     layer_types = getattr(t, "layer_types", None) or ["full_attention"] * t.num_hidden_layers
-    n_full = sum(1 for lt in layer_types if lt == "full_attention")
+    n_full = sum(1 for lt in layer_types if lt == "full_attention") + mtp_layers
     head = lm_head_params(config)
     attention_scores = 6.0 * n_full * t.num_attention_heads * head_dim * seq_len
-    return TrainingFlops(per_token=6.0 * (active_params_per_token(config) - head) + attention_scores,
-                         per_logit=6.0 * head)
+    layers = active_params_per_token(config) - head + mtp_params_per_token(config, mtp_layers)
+    return TrainingFlops(per_token=6.0 * layers + attention_scores, per_logit=6.0 * head)
 
 
 def measure_cpu_peak_tflops(n: int = 1024, repeats: int = 5) -> float:

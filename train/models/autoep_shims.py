@@ -4,7 +4,8 @@ tests/models/test_autoep_shims.py has one test per shim that fails as soon as up
 1. `patch_output_capture_registry`: transformers 5.24's `_CanRecordRegistry.get/__setitem__` take a model,
    AutoEP passes string keys and a default -> TypeError inside `deepspeed.initialize`.
 2. `autoep_text_view` + `moe_layer_pattern`: the Qwen3.5 preset wants model_type `qwen3_5_moe_text` and its
-   layer pattern misses `model.language_model.layers.N.mlp` of the multimodal model.
+   layer pattern misses `model.language_model.layers.N.mlp` of the multimodal model (and the multi-token
+   prediction layer's `mtp.layers.N.mlp`, train/models/mtp.py, which no preset knows).
 3. `capture_raw_router_logits`: the Qwen3.5 preset captures softmax probabilities, but HF's load-balancing
    loss expects raw logits (2.013 vs 2.088 on a tiny model).
 4. (autoep_local_experts.py, a file of its own.)
@@ -27,7 +28,7 @@ _Registry = output_capturing._CanRecordRegistry
 ORIGINAL_REGISTRY_GET = _Registry.get
 ORIGINAL_REGISTRY_SETITEM = _Registry.__setitem__
 
-QWEN3_5_MOE_LAYER_PATTERN = r"model\.language_model\.layers\.\d+\.mlp"
+QWEN3_5_MOE_LAYER_PATTERN = r"(?:model\.language_model|mtp)\.layers\.\d+\.mlp"
 
 
 def _get(self, key, *default):
@@ -54,7 +55,8 @@ def is_multimodal(model: nn.Module) -> bool:
 
 
 def moe_layer_pattern(model: nn.Module) -> str | None:
-    """Shim 2b: the MoE block path of the multimodal Qwen3.5 model; None keeps the preset's own pattern."""
+    """Shim 2b: the MoE block paths of the multimodal Qwen3.5 model and its MTP layers; None keeps the preset's own
+    pattern."""
     return QWEN3_5_MOE_LAYER_PATTERN if is_multimodal(model) else None
 
 

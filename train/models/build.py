@@ -95,16 +95,23 @@ def build_model(model_cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torc
     (`hf_import.build_rank_local`), so a rank never holds the whole model. `model.frozen` is applied here, so
     every engine built from this config (training, resume, export verification) has the same trainable set and
     hence the same ZeRO optimizer layout; so is `model.lora` (adapters drawn from `seed`, base weights frozen).
+    `model.mtp_layers` adds `model.mtp` (train/models/mtp.py), drawn after the trunk so the trunk's init is the same
+    with or without it, or read from `init_from`'s `mtp.*`.
     """
     _, model_cls = FAMILIES[model_cfg.family]
     torch.manual_seed(seed)
     hf_config._attn_implementation = model_cfg.attn_implementation
     if model_cfg.init_from is None:
         model = model_cls._from_config(hf_config, dtype=dtype)
+        if model_cfg.mtp_layers:
+            from train.models.mtp import attach_mtp
+
+            attach_mtp(model, model_cfg.mtp_layers)
     else:
         from train.models.hf_import import build_rank_local
 
-        model = build_rank_local(model_cls, hf_config, dtype, model_cfg.init_from, ep_rank, ep_size)
+        model = build_rank_local(model_cls, hf_config, dtype, model_cfg.init_from, ep_rank, ep_size,
+                                 model_cfg.mtp_layers)
     model.config.use_cache = False
     if model_cfg.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -9,8 +9,9 @@ ranks' experts are never written, so the OS never backs them with pages; AutoEP 
 and the source tensors are freed. (On a model built the ordinary way the other experts keep their init.)
 Bad input fails naming the file and the tensor: a missing index, a shard missing or truncated, a tensor
 whose shape does not match the model, a model tensor absent from the checkpoint.
-`mtp.*` tensors (multi-token prediction) have no place in the transformers model and are skipped here;
-the exporter carries them from this folder to the export.
+`mtp.*` tensors (multi-token prediction) have no place in the transformers model: without `model.mtp_layers` they
+are skipped here and the exporter carries them from this folder to the export; with it they are read into `model.mtp`
+(train/models/mtp.py), or, when the folder has none, the MTP layer starts fresh.
 """
 
 from __future__ import annotations
@@ -94,16 +95,33 @@ def _check_shape(path: Path, name: str, got: tuple[int, ...], want: tuple[int, .
 
 
 def build_rank_local(model_cls: type[PreTrainedModel], hf_config: PretrainedConfig, dtype: torch.dtype,
-                     folder: str | Path, ep_rank: int = 0, ep_size: int = 1) -> PreTrainedModel:
+                     folder: str | Path, ep_rank: int = 0, ep_size: int = 1, mtp_layers: int = 0) -> PreTrainedModel:
     """The model holding this EP rank's weights from `folder`, without ever materialising the whole model.
 
     Parameters are created on the meta device (buffers such as rotary frequencies stay real), then given
     uninitialised CPU memory; `load_hf_weights` writes every non-expert tensor and the owned expert rows.
+    With `mtp_layers` the model gets `model.mtp`: read from the folder's `mtp.*` (which must have that many layers),
+    or drawn fresh (global RNG) when the folder has none.
     """
+    from train.models.mtp import attach_mtp, stored_mtp_layers
+
+    stored = stored_mtp_layers(list(shard_index(folder)))
+    if stored is not None and not mtp_layers:
+        log.warning("%s holds a multi-token prediction module (mtp.*); with model.mtp_layers=0 it goes to the export "
+                    "unchanged and will draft for the trunk it was trained with, not this one (set model.mtp_layers="
+                    "%d and loss.mtp_coef to train it along)", folder, stored or 1)
+    if mtp_layers and stored is not None and stored != mtp_layers:
+        raise ValueError(f"{folder}: the checkpoint holds {stored} MTP layer(s) (mtp.layers.N.*) but "
+                         f"model.mtp_layers={mtp_layers}")
     with init_empty_weights(include_buffers=False):
         model = model_cls._from_config(hf_config, dtype=dtype)
+        if mtp_layers and stored:
+            attach_mtp(model, mtp_layers, initialise=False)
     materialize_empty(model)
     load_hf_weights(model, folder, ep_rank, ep_size)
+    if mtp_layers and stored is None:
+        log.info("%s has no mtp.* tensors: the MTP layer starts from a fresh initialisation", folder)
+        attach_mtp(model, mtp_layers)
     return model
 
 
@@ -120,17 +138,21 @@ def materialize_empty(model: nn.Module) -> None:
             module._parameters[name] = done[id(p)]
 
 
-def load_hf_weights(model: nn.Module, folder: str | Path, ep_rank: int = 0, ep_size: int = 1) -> dict[str, int]:
-    """Copy the checkpoint in `folder` into `model`, reading only this EP rank's experts.
+def load_hf_weights(model: nn.Module, folder: str | Path, ep_rank: int = 0, ep_size: int = 1,
+                    prefix: str = "") -> dict[str, int]:
+    """Copy the checkpoint in `folder` into `model`, reading only this EP rank's experts; with `prefix` only the
+    tensors (and model parameters) under it, e.g. "mtp." into a model transformers loaded without them.
 
-    Returns {"read": tensors read, "bytes": bytes of tensor data read, "skipped": mtp tensors left out}.
+    Returns {"read": tensors read, "bytes": bytes of tensor data read, "skipped": mtp tensors left out (all of them
+    unless the model has `model.mtp`)}.
     """
-    index = shard_index(folder)
-    params = dict(model.state_dict(keep_vars=True))
+    index = {name: path for name, path in shard_index(folder).items() if name.startswith(prefix)}
+    params = {n: p for n, p in model.state_dict(keep_vars=True).items() if n.startswith(prefix)}
     by_file: dict[Path, list[tuple[str, ImportTarget]]] = defaultdict(list)
     skipped = 0
+    skipped_prefixes = () if hasattr(model, "mtp") else SKIPPED_PREFIXES
     for name, path in index.items():
-        if name.startswith(SKIPPED_PREFIXES):
+        if name.startswith(skipped_prefixes):
             skipped += 1
             continue
         target = from_hf(name)
@@ -198,7 +220,7 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 def _check_complete(model: nn.Module, params: dict, filled: dict, folder: Path, ep_rank: int, ep_size: int) -> None:
-    tied = head_is_tied(model.config)
+    tied = head_is_tied(model.config) and HEAD_WEIGHT in params
     missing = []
     for pname, p in params.items():
         if pname.endswith(".experts.gate_up_proj") or pname.endswith(".experts.down_proj"):
