@@ -53,6 +53,11 @@ class TrainingFlops:
     def of(self, tokens: float, logits: float) -> float:
         return tokens * self.per_token + logits * self.per_logit
 
+    def recomputed(self, tokens: float) -> float:
+        """FLOPs activation checkpointing adds: the layers' forward (a third of their training FLOPs) once more.
+        Not part of model FLOPs (MFU), but time the device spends (train/plan/speed.py)."""
+        return tokens * self.per_token / 3.0
+
 
 def training_flops(config: PretrainedConfig, seq_len: int) -> TrainingFlops:
     """6 x active parameters, plus causal attention scores (6 * layers * heads * dim * S/2 * 2) per token."""

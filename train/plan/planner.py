@@ -1,0 +1,327 @@
+"""A job's plan from its composed config: memory per rank, step time, tokens/s and cost, and when the job does
+not fit, the changes that make it fit."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import PretrainedConfig
+
+from train.metrics.throughput import training_flops
+from train.plan.activations import Kernels, kernels_for, micro_batch_activations, vision_tower
+from train.plan.inventory import Inventory, build_inventory
+from train.plan.measured import MEASURED, Borrowed, MeasuredStep, best_measured  # noqa: F401 - re-exported
+from train.plan.memory import GIB, Layout, MemoryPlan, memory_plan
+from train.plan.speed import (
+    Links,
+    SpeedPlan,
+    StepWork,
+    anchor_rates,
+    calibrate_mfu,
+    optimizer_bytes,
+    step_time,
+)
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+DEFAULT_MFU = 0.15  # used only when nothing at all was measured (the plan says so)
+
+
+@dataclass
+class Plan:
+    """Everything `python -m train.plan` prints and each run writes into config.json's `plan`."""
+
+    summary: dict[str, Any]
+    memory: MemoryPlan
+    speed: SpeedPlan
+    notes: list[str] = field(default_factory=list)
+    suggestions: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.fits
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.summary, "memory": self.memory.as_dict(), "speed": self.speed.as_dict(),
+                "notes": list(self.notes), "suggestions": list(self.suggestions)}
+
+
+def compose(overrides: list[str], config_name: str = "pretrain") -> DictConfig:
+    """A job's config as the CLI composes it, from inside a Hydra app or outside one."""
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    from train.config import register_configs
+
+    register_configs()
+    if GlobalHydra.instance().is_initialized():
+        return hydra.compose(config_name=config_name, overrides=list(overrides))
+    with hydra.initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return hydra.compose(config_name=config_name, overrides=list(overrides))
+
+
+def _hf_config(cfg) -> PretrainedConfig:
+    from train.models.build import build_hf_config
+
+    model = cfg.model
+    if OmegaConf.is_config(model) and OmegaConf.is_missing(model, "init_from"):
+        model = OmegaConf.merge(model, {"init_from": None})
+    probe = build_hf_config(model)
+    text = probe.get_text_config()
+    if model.init_from is None and "vocab_size" not in _hf_keys(model):
+        padded = (cfg.data.vocab_size + 63) // 64 * 64  # the run pads its tokenizer's vocabulary the same way
+        return build_hf_config(model, vocab_size=padded)
+    del text
+    return probe
+
+
+def _hf_keys(model) -> set[str]:
+    hf = OmegaConf.to_container(model.hf_config) if OmegaConf.is_config(model.hf_config) else dict(model.hf_config)
+    return set(hf) | set(hf.get("text_config", {}) or {})
+
+
+def _model_cfg(cfg):
+    model = cfg.model
+    if OmegaConf.is_config(model) and OmegaConf.is_missing(model, "init_from"):
+        model = OmegaConf.merge(model, {"init_from": None})
+    return model
+
+
+def element_size(precision: str, kernels: str) -> int:
+    if precision == "auto":
+        return 2 if kernels == "cuda" else 4
+    return {"bf16": 2, "fp32": 4}[precision]
+
+
+def _images_per_micro_batch(cfg) -> int:
+    """Rows that may carry an image: every row of a micro-batch when the data has image sources."""
+    if cfg.model.family != "qwen3_5_moe":
+        return 0
+    kinds = {s.kind for s in cfg.data.sources} if cfg.data.kind != "text" else set()
+    has_images = bool(kinds & {"image_text", "interleaved"}) or (cfg.data.kind == "sft" and any(
+        s.image_root is not None for s in cfg.data.sources))
+    return cfg.trainer.micro_batch_size if has_images else 0
+
+
+def _work(cfg, hf: PretrainedConfig, inv: Inventory, layout: Layout, world: int, gpus_per_node: int,
+          tokens_rank: float, logits_rank: float) -> StepWork:
+    t = hf.get_text_config()
+    e = layout.element_size
+    flops = training_flops(hf, cfg.data.seq_len)
+    model_flops = flops.of(tokens_rank, logits_rank)
+    recompute = flops.recomputed(tokens_rank) if cfg.model.activation_checkpointing else 0.0
+    trainable = inv.on_rank(layout.ep_size, trainable=True)
+    local = sum(trainable.values())
+    dense = local - trainable["experts"]
+    partition = dense / world + trainable["experts"] / layout.expert_dp
+    if layout.zero_stage == 0:
+        partition = local
+    n_moe = t.num_hidden_layers
+    passes = 4 + (2 if cfg.model.activation_checkpointing else 0)  # dispatch + combine, forward and backward
+    ep = layout.ep_size
+    a2a = passes * n_moe * tokens_rank * t.num_experts_per_tok * t.hidden_size * e * (ep - 1) / ep
+    remote = max(0.0, (ep - gpus_per_node) / ep) if ep > gpus_per_node else 0.0
+    # ring reduce-scatter of gradients + all-gather of parameters: 2 (n-1)/n of the bytes per rank
+    dense_coll = 2 * (world - 1) / world * dense * e if world > 1 else 0.0
+    edp = layout.expert_dp
+    expert_coll = 2 * (edp - 1) / edp * trainable["experts"] * e if edp > 1 else 0.0
+    if layout.zero_stage == 3:  # parameters gathered for forward and backward (and the recompute)
+        gathers = 2 + (1 if cfg.model.activation_checkpointing else 0)
+        dense_coll += gathers * (world - 1) / world * dense * e if world > 1 else 0.0
+        expert_coll += gathers * (edp - 1) / edp * trainable["experts"] * e if edp > 1 else 0.0
+    # Ranks fill nodes in order; an EP group is consecutive ranks, an expert-data-parallel group strides by ep.
+    nodes = math.ceil(world / gpus_per_node)
+    inter = nodes > 1  # both data-parallel groups then span nodes (experts' whenever it has more than one rank)
+    intra_bytes = 0.0 if inter else dense_coll + expert_coll
+    inter_bytes = dense_coll + expert_coll if inter else 0.0
+    return StepWork(model_flops=model_flops, recompute_flops=recompute,
+                    param_bytes=optimizer_bytes(local, partition, e), all_to_all_bytes=a2a,
+                    all_to_all_remote_share=remote, reduce_bytes_intra=intra_bytes, reduce_bytes_inter=inter_bytes,
+                    overlap_comm=bool(cfg.deepspeed.overlap_comm))
+
+
+def _links(cluster) -> Links:
+    peak = cluster.peak_tflops
+    if peak is None:
+        from train.metrics.throughput import measure_cpu_peak_tflops
+
+        peak = measure_cpu_peak_tflops()
+    return Links(float(peak), float(cluster.hbm_tbps), float(cluster.intra_node_gbps),
+                 float(cluster.inter_node_gbps))
+
+
+_CALIBRATED: dict[tuple[str, str], float] = {}
+
+
+def _calibrated_mfu(step: MeasuredStep, cluster, links: Links) -> float:
+    """Compute MFU of a measured step: planned with its own overrides on this cluster's device figures."""
+    key = (step.source, str(links))
+    if key not in _CALIBRATED:
+        cfg = compose([*step.overrides, f"trainer.micro_batch_size={step.micro_batch}",
+                       f"data.seq_len={step.seq_len}", f"cluster={step.gpu}"])
+        cfg.cluster = cluster  # the device figures of the plan being made (same device name)
+        parts = _parts(cfg, step.world_size, links)
+        _CALIBRATED[key] = calibrate_mfu(parts["work"], links, step.step_ms / 1e3)
+    return _CALIBRATED[key]
+
+
+def _parts(cfg, world: int, links: Links) -> dict[str, Any]:
+    cluster = cfg.cluster
+    hf = _hf_config(cfg)
+    t = hf.get_text_config()
+    inv = build_inventory(_model_cfg(cfg), hf)
+    e = element_size(cfg.trainer.precision, cluster.kernels)
+    layout = Layout(world_size=world, ep_size=cfg.parallel.ep_size, zero_stage=cfg.deepspeed.zero_stage,
+                    element_size=e, overlap_comm=bool(cfg.deepspeed.overlap_comm),
+                    reduce_bucket_size=int(cfg.deepspeed.reduce_bucket_size),
+                    allgather_bucket_size=int(cfg.deepspeed.allgather_bucket_size),
+                    lazy_pages=cluster.kernels == "cpu")
+    mb, seq = cfg.trainer.micro_batch_size, cfg.data.seq_len
+    logits_rows = mb * (seq - 1)  # every position but the last: an upper bound for fine-tuning
+    kernels = kernels_for(cluster.kernels, cfg.parallel.experts_impl, cfg.parallel.ep_size)
+    lora = cfg.model.lora
+    expert_lora = (3 * t.num_experts / cfg.parallel.ep_size * t.hidden_size * t.moe_intermediate_size * e
+                   if lora.enabled and lora.experts else 0.0)
+    images = _images_per_micro_batch(cfg)
+    vision = 0.0
+    if images:
+        patches = cfg.data.image.max_pixels / (hf.vision_config.patch_size ** 2)
+        vision = images * vision_tower(hf.vision_config, patches, e)
+    act = micro_batch_activations(t, mb, seq, logits_rows, e, kernels, bool(cfg.model.activation_checkpointing),
+                                  expert_lora, vision)
+    a2a_buffers = 2 * e * mb * seq * t.num_experts_per_tok * t.hidden_size if cfg.parallel.ep_size > 1 else 0.0
+    mem = memory_plan(inv, layout, act, bool(cfg.model.activation_checkpointing), a2a_buffers,
+                      cluster.runtime_reserve_gib * GIB, cluster.memory_gib * GIB)
+    accum = cfg.trainer.grad_accum_steps
+    tokens_rank, logits_rank = mb * seq * accum, logits_rows * accum
+    work = _work(cfg, hf, inv, layout, world, cluster.gpus_per_node, tokens_rank, logits_rank)
+    return {"hf": hf, "inventory": inv, "layout": layout, "activations": act, "memory": mem, "work": work,
+            "kernels": kernels, "images": images}
+
+
+def make_plan(cfg, world_size: int | None = None, mfu: float | None = None, suggest: bool = True) -> Plan:
+    """Plan the job `cfg` describes on `cfg.cluster` (world size: the cluster's, unless given)."""
+    cluster = cfg.cluster
+    world = world_size or cluster.nodes * cluster.gpus_per_node
+    links = _links(cluster)
+    parts = _parts(cfg, world, links)
+    notes: list[str] = list(parts["memory"].notes)
+    mfu_source: str
+    if mfu is None and cluster.mfu is not None:
+        mfu, mfu_source = float(cluster.mfu), "stated (cluster.mfu)"
+    elif mfu is not None:
+        mfu_source = "stated"
+    else:
+        borrowed = best_measured(cfg.model.family, cluster.gpu)
+        if borrowed is None:
+            mfu, mfu_source = DEFAULT_MFU, "assumed: nothing measured on this device"
+        else:
+            mfu = _calibrated_mfu(borrowed.step, cluster, links)
+            mfu_source = (f"calibrated on {borrowed.step.source} (whole-step MFU {100 * borrowed.step.mfu:.1f}%, "
+                          f"{borrowed.note})")
+    step, compute, optimizer, comm = step_time(parts["work"], links, mfu)
+    t = parts["hf"].get_text_config()
+    accum = cfg.trainer.grad_accum_steps
+    tokens_step = world * cfg.trainer.micro_batch_size * cfg.data.seq_len * accum
+    speed = SpeedPlan(step_s=step, compute_s=compute, optimizer_s=optimizer, comm_s=comm,
+                      tokens_per_step=tokens_step, world_size=world, mfu_compute=mfu, mfu_source=mfu_source,
+                      peak_tflops=links.peak_tflops, model_flops_per_rank=parts["work"].model_flops,
+                      price_per_gpu_hour=float(cluster.price_per_gpu_hour))
+    flops_per_token = parts["work"].model_flops / (tokens_step / world)
+    speed.anchors = anchor_rates(flops_per_token, world, float(cluster.price_per_gpu_hour))
+    if parts["images"]:
+        notes.append(f"vision tower counted for {parts['images']} image(s) of data.image.max_pixels per micro-batch")
+    if cluster.kernels == "cuda" and t.model_type.startswith("qwen3_5"):
+        notes.append("Gated DeltaNet counted as flash-linear-attention saves it (install fla and causal-conv1d)")
+    inv = parts["inventory"]
+    summary = {
+        "model": cfg.model.family, "parameters": inv.all(),
+        "parameters_trainable": sum(inv.trainable.values()),
+        "cluster": {"gpu": cluster.gpu, "nodes": math.ceil(world / cluster.gpus_per_node),
+                    "gpus_per_node": cluster.gpus_per_node, "world_size": world,
+                    "memory_gib": cluster.memory_gib, "price_per_gpu_hour": cluster.price_per_gpu_hour,
+                    "currency": cluster.currency},
+        "layout": {"ep_size": cfg.parallel.ep_size, "zero_stage": cfg.deepspeed.zero_stage,
+                   "micro_batch_size": cfg.trainer.micro_batch_size, "grad_accum_steps": accum,
+                   "seq_len": cfg.data.seq_len, "activation_checkpointing": bool(cfg.model.activation_checkpointing),
+                   "precision": "bf16" if parts["layout"].element_size == 2 else "fp32",
+                   "kernels": dataclasses.asdict(parts["kernels"])},
+        "per_rank_parameters": inv.on_rank(cfg.parallel.ep_size),
+        "activation_bytes_per_token_per_layer": parts["activations"].per_layer,
+    }
+    plan = Plan(summary, parts["memory"], speed, notes)
+    if suggest and not plan.fits:
+        plan.suggestions = suggestions(cfg, world, mfu)
+    return plan
+
+
+def _variant(cfg, changes: dict[str, Any]):
+    new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    for key, value in changes.items():
+        OmegaConf.update(new, key, value, merge=False)
+    return new
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def suggestions(cfg, world: int, mfu: float, max_nodes: int = 64) -> list[dict[str, Any]]:
+    """Single changes that make the job fit, fastest first: EP size, ZeRO stage, micro-batch (with more
+    accumulation, so the global batch stays), checkpointing, and the fewest nodes (with EP as large as a node
+    and the experts allow)."""
+    t = _hf_config(cfg).get_text_config()
+    ep = cfg.parallel.ep_size
+    mb, accum = cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps
+    candidates: list[tuple[str, dict[str, Any], int]] = []
+    for e in _divisors(t.num_experts):
+        if e > ep and world % e == 0:
+            candidates.append((f"parallel.ep_size={e}", {"parallel.ep_size": e}, world))
+    for z in range(cfg.deepspeed.zero_stage + 1, 4):
+        candidates.append((f"deepspeed=zero{z}", {"deepspeed.zero_stage": z, "deepspeed.overlap_comm": True}, world))
+    m = mb
+    while m > 1:
+        m //= 2
+        candidates.append((f"trainer.micro_batch_size={m} trainer.grad_accum_steps={accum * mb // m}",
+                           {"trainer.micro_batch_size": m, "trainer.grad_accum_steps": accum * mb // m}, world))
+    if not cfg.model.activation_checkpointing:
+        candidates.append(("model.activation_checkpointing=true", {"model.activation_checkpointing": True}, world))
+    gpn = cfg.cluster.gpus_per_node
+    nodes = math.ceil(world / gpn)
+    n = nodes * 2
+    while n <= max_nodes:
+        w = n * gpn
+        eps = [e for e in _divisors(t.num_experts) if w % e == 0 and e >= ep]
+        for e in sorted(eps):
+            candidates.append((f"cluster.nodes={n} parallel.ep_size={e}",
+                               {"cluster.nodes": n, "parallel.ep_size": e}, w))
+        n *= 2
+    found = []
+    fitted_nodes = None
+    for label, changes, w in candidates:
+        if fitted_nodes is not None and "cluster.nodes" in changes and changes["cluster.nodes"] > fitted_nodes:
+            continue
+        variant = _variant(cfg, changes)
+        plan = make_plan(variant, w, mfu, suggest=False)
+        if plan.fits:
+            if "cluster.nodes" in changes:
+                fitted_nodes = changes["cluster.nodes"]
+            found.append({"change": label, "peak_gib": plan.memory.total / GIB,
+                          "tokens_per_s": plan.speed.tokens_per_s,
+                          "cost_per_billion_tokens": plan.speed.cost_per_billion_tokens})
+    found.sort(key=lambda f: f["cost_per_billion_tokens"])
+    return found
+
+
+def plan_measured(step: MeasuredStep, cluster_overrides: list[str] | None = None) -> Plan:
+    """The plan of a measured benchmark step, as configured when it ran (tests compare the two)."""
+    cfg = compose([*step.overrides, f"trainer.micro_batch_size={step.micro_batch}", f"data.seq_len={step.seq_len}",
+                   f"cluster={step.gpu}", *(cluster_overrides or [])])
+    return make_plan(cfg, step.world_size)
+
+
+__all__ = ["MEASURED", "Borrowed", "Kernels", "Plan", "compose", "make_plan", "plan_measured", "suggestions"]
