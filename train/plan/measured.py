@@ -25,6 +25,7 @@ class MeasuredStep:
     tokens_per_s: float
     mfu: float
     peak_memory_gib: float  # torch.cuda.max_memory_allocated (GPU) of rank 0
+    peak_tflops: float  # the device peak the run's MFU divides by (on a CPU, measured when it ran)
 
 
 MEASURED: tuple[MeasuredStep, ...] = (
@@ -34,21 +35,22 @@ MEASURED: tuple[MeasuredStep, ...] = (
         overrides=("model=qwen3_30b_a3b", "model.hf_config.num_hidden_layers=4",
                    "model.activation_checkpointing=false", "parallel.ep_size=1", "deepspeed=zero1"),
         micro_batch=4, seq_len=4096, world_size=1, step_ms=340.38212400000134, tokens_per_s=48134.13761998834,
-        mfu=0.1769082235709576, peak_memory_gib=84.60188722610474),
+        mfu=0.1769082235709576, peak_memory_gib=84.60188722610474, peak_tflops=989.0),
     MeasuredStep(
         family="qwen3_moe", gpu="h200", source="benchmarks/results/train_step_h200_30b_a3b_8l_mb2.json",
         what="Qwen3-30B-A3B width and experts, 8 of 48 layers, micro-batch 2 x 4096, bf16, ZeRO-1, EP=1, 1 H200",
         overrides=("model=qwen3_30b_a3b", "model.hf_config.num_hidden_layers=8",
                    "model.activation_checkpointing=false", "parallel.ep_size=1", "deepspeed=zero1"),
         micro_batch=2, seq_len=4096, world_size=1, step_ms=414.8825955000035, tokens_per_s=19745.34504183589,
-        mfu=0.10786644093896386, peak_memory_gib=100.7968020439148),
+        mfu=0.10786644093896386, peak_memory_gib=100.7968020439148, peak_tflops=989.0),
     MeasuredStep(
         family="qwen3_5_moe", gpu="cpu", source="benchmarks/results/train_step_cpu_lm_head.json",
         what="tiny Qwen3.5-MoE (configs/model/qwen3_5_moe_tiny.yaml), micro-batch 8 x 1024, fp32, 1 process, "
              "1 thread, this 2-core CPU",
         overrides=("model=qwen3_5_moe_tiny", "parallel.ep_size=1", "deepspeed=zero1"),
         micro_batch=8, seq_len=1024, world_size=1, step_ms=2048.844707000171, tokens_per_s=3998.3508618348965,
-        mfu=0.1624858462400617, peak_memory_gib=1.7050247192382812),
+        mfu=0.1624858462400617, peak_memory_gib=1.7050247192382812,
+        peak_tflops=0.1788361966427881),
 )
 
 

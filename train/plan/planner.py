@@ -158,7 +158,10 @@ _CALIBRATED: dict[tuple[str, str], float] = {}
 
 
 def _calibrated_mfu(step: MeasuredStep, cluster, links: Links) -> float:
-    """Compute MFU of a measured step: planned with its own overrides on this cluster's device figures."""
+    """Compute MFU of a measured step: planned with its own overrides on this cluster's device figures (on a
+    CPU, whose peak is measured, at the peak measured when the step ran)."""
+    if cluster.peak_tflops is None:
+        links = dataclasses.replace(links, peak_tflops=step.peak_tflops)
     key = (step.source, str(links))
     if key not in _CALIBRATED:
         cfg = compose([*step.overrides, f"trainer.micro_batch_size={step.micro_batch}",
@@ -169,9 +172,9 @@ def _calibrated_mfu(step: MeasuredStep, cluster, links: Links) -> float:
     return _CALIBRATED[key]
 
 
-def _parts(cfg, world: int, links: Links) -> dict[str, Any]:
+def _parts(cfg, world: int, links: Links, hf_config: PretrainedConfig | None = None) -> dict[str, Any]:
     cluster = cfg.cluster
-    hf = _hf_config(cfg)
+    hf = hf_config if hf_config is not None else _hf_config(cfg)
     t = hf.get_text_config()
     inv = build_inventory(_model_cfg(cfg), hf)
     e = element_size(cfg.trainer.precision, cluster.kernels)
@@ -203,12 +206,14 @@ def _parts(cfg, world: int, links: Links) -> dict[str, Any]:
             "kernels": kernels, "images": images}
 
 
-def make_plan(cfg, world_size: int | None = None, mfu: float | None = None, suggest: bool = True) -> Plan:
-    """Plan the job `cfg` describes on `cfg.cluster` (world size: the cluster's, unless given)."""
+def make_plan(cfg, world_size: int | None = None, mfu: float | None = None, suggest: bool = True,
+              hf_config: PretrainedConfig | None = None) -> Plan:
+    """Plan the job `cfg` describes on `cfg.cluster` (world size: the cluster's, unless given; `hf_config`: the
+    model config a running job built, vocabulary included)."""
     cluster = cfg.cluster
     world = world_size or cluster.nodes * cluster.gpus_per_node
     links = _links(cluster)
-    parts = _parts(cfg, world, links)
+    parts = _parts(cfg, world, links, hf_config)
     notes: list[str] = list(parts["memory"].notes)
     mfu_source: str
     if mfu is None and cluster.mfu is not None:
