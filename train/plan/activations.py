@@ -58,16 +58,27 @@ def rms_norm(H: int, e: int, zero_centred: bool) -> float:
     return FP32 * H + FP32 + (FP32 if zero_centred else e) * H + e * H
 
 
-def full_attention(t: PretrainedConfig, e: int) -> float:
+def full_attention(t: PretrainedConfig, e: int, masked: bool = False, kernels: Kernels | None = None,
+                   seq_len: int = 0) -> float:
     """Qwen3 attention: q/k RMSNorm (fp32 input, rsqrt, cast), rotated q and k, v, SDPA output and logsumexp.
     Qwen3.5's gated attention adds the gate (sigmoid, a contiguous copy of the output, the gated product), and
-    its zero-centred q/k norms keep fp32 values; in fp32 the q norm's input is the whole [q | gate] projection."""
+    its zero-centred q/k norms keep fp32 values; in fp32 the q norm's input is the whole [q | gate] projection.
+
+    `masked`: packed rows (documents kept apart by a block-causal mask built from the position ids). SDPA then
+    gets k and v repeated to every query head (transformers uses SDPA's grouped-query path only without a mask),
+    and on the CPU each layer saves the mask converted to fp32 (4 bytes per position pair)."""
     d = _dims(t)
     Q, K, nh, nkv = d["Q"], d["K"], d["nh"], d["nkv"]
     if not is_qwen3_5(t):
-        return Q * (4 + 3 * e) + K * (4 + 3 * e) + 8 * nh + 4 * nkv
-    q_in = 8 if e == FP32 else 4
-    return Q * (q_in + 4 + 5 * e) + K * (8 + 2 * e) + 8 * nh + 4 * nkv
+        out = Q * (4 + 3 * e) + K * (4 + 3 * e) + 8 * nh + 4 * nkv
+    else:
+        q_in = 8 if e == FP32 else 4
+        out = Q * (q_in + 4 + 5 * e) + K * (8 + 2 * e) + 8 * nh + 4 * nkv
+    if masked:
+        out += 2 * e * (Q - K)
+        if kernels is not None and kernels.device == "cpu":
+            out += FP32 * seq_len
+    return out
 
 
 def linear_attention(t: PretrainedConfig, e: int, kernels: Kernels, seq_len: int) -> float:
@@ -130,10 +141,12 @@ def router_logits_for_loss(t: PretrainedConfig, e: int) -> float:
     return (e + 8) * d["E"] + 16 * d["k"]
 
 
-def decoder_layer(t: PretrainedConfig, layer_type: str, e: int, kernels: Kernels, seq_len: int) -> float:
+def decoder_layer(t: PretrainedConfig, layer_type: str, e: int, kernels: Kernels, seq_len: int,
+                  masked: bool = False) -> float:
     """Bytes per token one decoder layer saves: two norms, the token mixer, router, experts, shared expert."""
     zero_centred = is_qwen3_5(t)
-    mixer = full_attention(t, e) if layer_type == "full_attention" else linear_attention(t, e, kernels, seq_len)
+    mixer = (full_attention(t, e, masked, kernels, seq_len) if layer_type == "full_attention"
+             else linear_attention(t, e, kernels, seq_len))
     return (2 * rms_norm(t.hidden_size, e, zero_centred) + mixer + router(t) + routed_experts(t, e, kernels)
             + shared_expert(t, e) + router_logits_for_loss(t, e))
 
@@ -149,12 +162,13 @@ class ActivationBytes:
     saved: float  # every tensor kept for backward at the end of the forward pass (logits included)
     loss_backward: float  # extra while the cross entropy is differentiated (two fp32 [N, V] gradients)
     layer_recompute: float  # with checkpointing: the largest layer's saved tensors, recomputed in backward
+    layer_backward: float  # while one layer's backward runs: gradients of its experts' activations
     per_layer: dict[str, float]  # bytes per token of each layer type, for the printout
 
 
 def micro_batch_activations(t: PretrainedConfig, micro_batch: int, seq_len: int, logits_rows: float, e: int,
                             kernels: Kernels, checkpointing: bool, expert_lora_bytes: float = 0.0,
-                            vision_bytes: float = 0.0) -> ActivationBytes:
+                            vision_bytes: float = 0.0, masked: bool = False) -> ActivationBytes:
     """Saved activations of one micro-batch of `micro_batch` rows x `seq_len` positions, `logits_rows` of which
     reach the LM head (`losses.labelled_logit_positions`).
 
@@ -165,7 +179,7 @@ def micro_batch_activations(t: PretrainedConfig, micro_batch: int, seq_len: int,
     tokens = micro_batch * seq_len
     H, V = t.hidden_size, t.vocab_size
     types = layer_types(t)
-    per_type = {lt: decoder_layer(t, lt, e, kernels, seq_len) for lt in set(types)}
+    per_type = {lt: decoder_layer(t, lt, e, kernels, seq_len, masked) for lt in set(types)}
     layers = sum(per_type[lt] for lt in types) * tokens + expert_lora_bytes * len(types)
     if checkpointing:
         layer_inputs = len(types) * e * H * tokens + len(types) * router_logits_for_loss(t, e) * tokens
@@ -176,16 +190,22 @@ def micro_batch_activations(t: PretrainedConfig, micro_batch: int, seq_len: int,
     embeddings = e * H * tokens  # the embedding output (input of the first layer's norm)
     final = rms_norm(H, e, is_qwen3_5(t)) * tokens + e * H * logits_rows  # final norm, the head's input rows
     logits = e * V * logits_rows + FP32 * V * logits_rows  # logits, and cross entropy's fp32 log-softmax
+    if masked and kernels.device == "cuda":
+        embeddings += micro_batch * seq_len * seq_len / tokens * tokens  # the boolean mask, shared by the layers
     saved = embeddings + layers + final + logits + vision_bytes
+    # the gradients flowing through one MoE layer's experts are about as large as what they saved
+    layer_backward = (routed_experts(t, e, kernels) + shared_expert(t, e)) * tokens
     return ActivationBytes(saved=saved, loss_backward=2 * FP32 * V * logits_rows, layer_recompute=recompute,
-                           per_layer=per_type)
+                           layer_backward=layer_backward, per_layer=per_type)
 
 
-def vision_tower(v: PretrainedConfig, patches: float, e: int) -> float:
+def vision_tower(v: PretrainedConfig, patches: float, e: int, checkpointing: bool = False) -> float:
     """Qwen3.5's vision tower for `patches` patches (before the 2x2 merge): per block two LayerNorms, qkv,
-    rotated q and k, attention output and logsumexp, the projection input, the GELU MLP; then the merger.
-    Counted from the code, not yet checked against a measurement."""
+    rotated q and k, attention output and logsumexp, the projection input, the GELU MLP; then the merger. Its
+    blocks are checkpointed like the decoder layers. Counted from the code, not checked against a measurement."""
     h, i, heads = v.hidden_size, v.intermediate_size, v.num_heads
     block = e * (2 * h + 2 + 3 * h + 2 * h + h + h + 2 * i) + FP32 * heads + e * 2 * h
     merger = e * (h * 4 * 2 + v.out_hidden_size) / 4
+    if checkpointing:
+        return patches * (v.depth * e * h + block + merger)
     return patches * (v.depth * block + merger)

@@ -110,7 +110,7 @@ def largest_group_partition(inv: Inventory, layout: Layout) -> float:
 
 
 def memory_plan(inv: Inventory, layout: Layout, act: ActivationBytes, checkpointing: bool, all_to_all: float,
-                reserve_bytes: float, limit_bytes: float) -> MemoryPlan:
+                reserve_bytes: float, limit_bytes: float, num_layers: int) -> MemoryPlan:
     """Peak bytes per rank. `all_to_all`: dispatch/combine buffers of the MoE layer in flight (EP > 1)."""
     e = layout.element_size
     held = inv.on_rank(layout.ep_size)
@@ -132,30 +132,36 @@ def memory_plan(inv: Inventory, layout: Layout, act: ActivationBytes, checkpoint
         items["gradient partition"] = part * e + min(part, ZERO3_SUB_GROUP) * FP32
     static = sum(items.values())
 
-    def bucket(n: int) -> float:
-        return (min(layout.reduce_bucket_size, n_train) if layout.lazy_pages else layout.reduce_bucket_size) * n * e
-
+    touched = min(layout.reduce_bucket_size, n_train)  # a bucket's elements that gradients pass through
+    bucket = (touched if layout.lazy_pages else layout.reduce_bucket_size) * e
+    comm_temp = touched * e if layout.lazy_pages else 0.0  # gloo reduces a CPU bucket through a copy of it
     partition_grads = part * e
     if layout.zero_stage == 0:
         bwd_grads, end_grads, step_grads = n_train * e, n_train * e, n_train * e
     elif layout.zero_stage == 3:
-        bwd_grads, end_grads, step_grads = bucket(1), bucket(1), 0.0
-    elif layout.overlap_comm:
-        bwd_grads = bucket(2) + partition_grads
-        end_grads, step_grads = partition_grads, partition_grads
-    else:  # stage 1/2 without overlap: every gradient until backward ends, then one bucket into the partition
+        bwd_grads, end_grads, step_grads = bucket, bucket + comm_temp, 0.0
+    elif layout.overlap_comm:  # reduced during backward through two buckets into the partition buffer
+        buckets = bucket * (1 if layout.lazy_pages else 2)
+        bwd_grads = buckets + partition_grads
+        end_grads, step_grads = buckets + comm_temp + partition_grads, partition_grads
+    else:  # stage 1: every gradient lives until backward ends, then moves into a bucket and the partition buffer
         bwd_grads = n_train * e
-        end_grads, step_grads = n_train * e + bucket(1) + partition_grads, partition_grads
+        end_grads = n_train * e - (touched * e if layout.lazy_pages else 0.0) + bucket + comm_temp + partition_grads
+        step_grads = partition_grads
     step_temp = (ZERO3_STEP_TEMP_BYTES * min(part, ZERO3_SUB_GROUP) if layout.zero_stage == 3
                  else STEP_TEMP_BYTES * largest_group_partition(inv, layout))
 
     during = static + live + all_to_all
+    # one layer's backward: the gradients of its parameters (this rank's experts and the dense part) and of the
+    # activations flowing through its experts
+    layer_grads = (n_train - trainable["embedding"] - trainable["lm_head"] - trainable["vision"]) / num_layers * e
+    layer_backward = act.layer_backward + layer_grads
     phases = {
         "loss backward": during + act.saved + act.loss_backward,
         # without checkpointing every activation is alive when the first gradients arrive: on a GPU the buckets
         # and the partition buffer are allocated then in full (on the CPU they fill as activations are freed);
         # checkpointed layers keep only their inputs, so the recompute comes while gradients pile up
-        "layers backward": during + act.saved + act.layer_recompute
+        "layers backward": during + act.saved + act.layer_recompute + layer_backward
         + (bwd_grads if checkpointing or (not layout.lazy_pages and (layout.overlap_comm or layout.zero_stage == 3))
            else 0.0),
         "end of backward": static + live + end_grads,
@@ -167,8 +173,9 @@ def memory_plan(inv: Inventory, layout: Layout, act: ActivationBytes, checkpoint
     if peak == "loss backward":
         items.update({"activations": act.saved, "cross-entropy backward": act.loss_backward})
     elif peak == "layers backward":
-        items.update({"activations": act.saved + act.layer_recompute, "gradients and buckets":
-                      phases[peak] - during - act.saved - act.layer_recompute})
+        items.update({"activations": act.saved + act.layer_recompute, "one layer's backward": layer_backward,
+                      "gradients and buckets": phases[peak] - during - act.saved - act.layer_recompute
+                      - layer_backward})
     elif peak == "end of backward":
         items["gradients and buckets"] = end_grads
     else:

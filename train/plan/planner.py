@@ -97,22 +97,36 @@ def element_size(precision: str, kernels: str) -> int:
     return {"bf16": 2, "fp32": 4}[precision]
 
 
+def _masked(cfg, hf: PretrainedConfig, kernels: Kernels) -> bool:
+    """Packed rows (data_pipelines.packing): the attention layers get a block-causal mask from the position ids."""
+    from data_pipelines.packing import resolve_packing_mode
+
+    try:
+        mode = resolve_packing_mode(cfg.data.packing, hf, varlen_available=kernels.device == "cuda")
+    except ValueError:
+        return False
+    return mode in ("packed", "varlen")
+
+
 def _images_per_micro_batch(cfg) -> int:
-    """Rows that may carry an image: every row of a micro-batch when the data has image sources."""
-    if cfg.model.family != "qwen3_5_moe":
+    """Images a micro-batch is planned with: one of `data.image.max_pixels` when the data has image sources (a
+    micro-batch of full-size images on every row is rare; plan a larger number with more memory headroom)."""
+    if cfg.model.family != "qwen3_5_moe" or cfg.data.kind == "text":
         return 0
-    kinds = {s.kind for s in cfg.data.sources} if cfg.data.kind != "text" else set()
+    sources = cfg.data.sources if not OmegaConf.is_missing(cfg.data, "sources") else []
+    kinds = {s.kind for s in sources}
     has_images = bool(kinds & {"image_text", "interleaved"}) or (cfg.data.kind == "sft" and any(
-        s.image_root is not None for s in cfg.data.sources))
-    return cfg.trainer.micro_batch_size if has_images else 0
+        s.image_root is not None for s in sources))
+    return 1 if has_images else 0
 
 
 def _work(cfg, hf: PretrainedConfig, inv: Inventory, layout: Layout, world: int, gpus_per_node: int,
-          tokens_rank: float, logits_rank: float) -> StepWork:
+          tokens_rank: float, logits_rank: float, accum: int) -> StepWork:
     t = hf.get_text_config()
     e = layout.element_size
     flops = training_flops(hf, cfg.data.seq_len)
     model_flops = flops.of(tokens_rank, logits_rank)
+    head_flops = flops.of(0, logits_rank)
     recompute = flops.recomputed(tokens_rank) if cfg.model.activation_checkpointing else 0.0
     trainable = inv.on_rank(layout.ep_size, trainable=True)
     local = sum(trainable.values())
@@ -125,12 +139,14 @@ def _work(cfg, hf: PretrainedConfig, inv: Inventory, layout: Layout, world: int,
     ep = layout.ep_size
     a2a = passes * n_moe * tokens_rank * t.num_experts_per_tok * t.hidden_size * e * (ep - 1) / ep
     remote = max(0.0, (ep - gpus_per_node) / ep) if ep > gpus_per_node else 0.0
-    # ring reduce-scatter of gradients + all-gather of parameters: 2 (n-1)/n of the bytes per rank
-    dense_coll = 2 * (world - 1) / world * dense * e if world > 1 else 0.0
+    # Gradients: ZeRO-1 reduces once per step; ZeRO-2/3 reduce-scatter every micro-batch into the partitions.
+    # Then the updated parameters are all-gathered once per step (ring: (n-1)/n of the bytes each way).
+    reductions = 1 if layout.zero_stage <= 1 else accum
     edp = layout.expert_dp
-    expert_coll = 2 * (edp - 1) / edp * trainable["experts"] * e if edp > 1 else 0.0
-    if layout.zero_stage == 3:  # parameters gathered for forward and backward (and the recompute)
-        gathers = 2 + (1 if cfg.model.activation_checkpointing else 0)
+    dense_coll = (reductions + 1) * (world - 1) / world * dense * e if world > 1 else 0.0
+    expert_coll = (reductions + 1) * (edp - 1) / edp * trainable["experts"] * e if edp > 1 else 0.0
+    if layout.zero_stage == 3:  # parameters gathered for every micro-batch's forward and backward (and recompute)
+        gathers = accum * (2 + (1 if cfg.model.activation_checkpointing else 0))
         dense_coll += gathers * (world - 1) / world * dense * e if world > 1 else 0.0
         expert_coll += gathers * (edp - 1) / edp * trainable["experts"] * e if edp > 1 else 0.0
     # Ranks fill nodes in order; an EP group is consecutive ranks, an expert-data-parallel group strides by ep.
@@ -138,45 +154,65 @@ def _work(cfg, hf: PretrainedConfig, inv: Inventory, layout: Layout, world: int,
     inter = nodes > 1  # both data-parallel groups then span nodes (experts' whenever it has more than one rank)
     intra_bytes = 0.0 if inter else dense_coll + expert_coll
     inter_bytes = dense_coll + expert_coll if inter else 0.0
-    return StepWork(model_flops=model_flops, recompute_flops=recompute,
-                    param_bytes=optimizer_bytes(local, partition, e), all_to_all_bytes=a2a,
+    return StepWork(model_flops=model_flops, head_flops=head_flops, logit_elements=logits_rank * t.vocab_size,
+                    recompute_flops=recompute,
+                    param_bytes=optimizer_bytes(local, partition, e, accum, layout.zero_stage >= 2),
+                    all_to_all_bytes=a2a,
                     all_to_all_remote_share=remote, reduce_bytes_intra=intra_bytes, reduce_bytes_inter=inter_bytes,
                     overlap_comm=bool(cfg.deepspeed.overlap_comm))
 
 
-def _links(cluster) -> Links:
+def _links(cluster, measure: bool = True) -> Links:
+    """The cluster's device figures; a CPU's unstated peak is measured (`measure=False`: left at 0)."""
     peak = cluster.peak_tflops
-    if peak is None:
+    if peak is None and not measure:
+        peak = 0.0
+    elif peak is None:
         from train.metrics.throughput import measure_cpu_peak_tflops
 
         peak = measure_cpu_peak_tflops()
+    from train.plan.measured import dense_gemm_efficiency
+
     return Links(float(peak), float(cluster.hbm_tbps), float(cluster.intra_node_gbps),
-                 float(cluster.inter_node_gbps))
+                 float(cluster.inter_node_gbps), dense_gemm_efficiency(cluster.gpu))
 
 
-_CALIBRATED: dict[tuple[str, str], float] = {}
+_CALIBRATED: dict[str, float] = {}
 
 
-def _calibrated_mfu(step: MeasuredStep, cluster, links: Links) -> float:
-    """Compute MFU of a measured step: planned with its own overrides on this cluster's device figures (on a
-    CPU, whose peak is measured, at the peak measured when the step ran)."""
-    if cluster.peak_tflops is None:
-        links = dataclasses.replace(links, peak_tflops=step.peak_tflops)
-    key = (step.source, str(links))
-    if key not in _CALIBRATED:
+def _calibrated_mfu(step: MeasuredStep) -> float:
+    """Compute MFU of a measured step: the step planned as it ran (its overrides, the device it ran on as
+    configs/cluster describes it; a CPU at the peak measured when it ran), solved for the measured step time."""
+    if step.source not in _CALIBRATED:
         cfg = compose([*step.overrides, f"trainer.micro_batch_size={step.micro_batch}",
                        f"data.seq_len={step.seq_len}", f"cluster={step.gpu}"])
-        cfg.cluster = cluster  # the device figures of the plan being made (same device name)
+        links = dataclasses.replace(_links(cfg.cluster, measure=False), peak_tflops=step.peak_tflops)
         parts = _parts(cfg, step.world_size, links)
-        _CALIBRATED[key] = calibrate_mfu(parts["work"], links, step.step_ms / 1e3)
-    return _CALIBRATED[key]
+        _CALIBRATED[step.source] = calibrate_mfu(parts["work"], links, step.step_ms / 1e3)
+    return _CALIBRATED[step.source]
+
+
+_MODELS: dict[str, tuple[PretrainedConfig, Inventory]] = {}
+
+
+def _model(cfg, hf_config: PretrainedConfig | None) -> tuple[PretrainedConfig, Inventory]:
+    """The transformers config and parameter inventory, built once per model config (a plan search re-plans
+    the same model many times)."""
+    import json
+
+    model = OmegaConf.to_container(_model_cfg(cfg), resolve=True) if OmegaConf.is_config(cfg.model) else None
+    key = json.dumps([model, cfg.data.vocab_size, hf_config.to_json_string() if hf_config is not None else None],
+                     sort_keys=True, default=str)
+    if key not in _MODELS:
+        hf = hf_config if hf_config is not None else _hf_config(cfg)
+        _MODELS[key] = (hf, build_inventory(_model_cfg(cfg), hf))
+    return _MODELS[key]
 
 
 def _parts(cfg, world: int, links: Links, hf_config: PretrainedConfig | None = None) -> dict[str, Any]:
     cluster = cfg.cluster
-    hf = hf_config if hf_config is not None else _hf_config(cfg)
+    hf, inv = _model(cfg, hf_config)
     t = hf.get_text_config()
-    inv = build_inventory(_model_cfg(cfg), hf)
     e = element_size(cfg.trainer.precision, cluster.kernels)
     layout = Layout(world_size=world, ep_size=cfg.parallel.ep_size, zero_stage=cfg.deepspeed.zero_stage,
                     element_size=e, overlap_comm=bool(cfg.deepspeed.overlap_comm),
@@ -193,15 +229,15 @@ def _parts(cfg, world: int, links: Links, hf_config: PretrainedConfig | None = N
     vision = 0.0
     if images:
         patches = cfg.data.image.max_pixels / (hf.vision_config.patch_size ** 2)
-        vision = images * vision_tower(hf.vision_config, patches, e)
+        vision = images * vision_tower(hf.vision_config, patches, e, bool(cfg.model.activation_checkpointing))
     act = micro_batch_activations(t, mb, seq, logits_rows, e, kernels, bool(cfg.model.activation_checkpointing),
-                                  expert_lora, vision)
+                                  expert_lora, vision, _masked(cfg, hf, kernels))
     a2a_buffers = 2 * e * mb * seq * t.num_experts_per_tok * t.hidden_size if cfg.parallel.ep_size > 1 else 0.0
     mem = memory_plan(inv, layout, act, bool(cfg.model.activation_checkpointing), a2a_buffers,
-                      cluster.runtime_reserve_gib * GIB, cluster.memory_gib * GIB)
+                      cluster.runtime_reserve_gib * GIB, cluster.memory_gib * GIB, t.num_hidden_layers)
     accum = cfg.trainer.grad_accum_steps
     tokens_rank, logits_rank = mb * seq * accum, logits_rows * accum
-    work = _work(cfg, hf, inv, layout, world, cluster.gpus_per_node, tokens_rank, logits_rank)
+    work = _work(cfg, hf, inv, layout, world, cluster.gpus_per_node, tokens_rank, logits_rank, accum)
     return {"hf": hf, "inventory": inv, "layout": layout, "activations": act, "memory": mem, "work": work,
             "kernels": kernels, "images": images}
 
@@ -225,7 +261,7 @@ def make_plan(cfg, world_size: int | None = None, mfu: float | None = None, sugg
         if borrowed is None:
             mfu, mfu_source = DEFAULT_MFU, "assumed: nothing measured on this device"
         else:
-            mfu = _calibrated_mfu(borrowed.step, cluster, links)
+            mfu = _calibrated_mfu(borrowed.step)
             mfu_source = (f"calibrated on {borrowed.step.source} (whole-step MFU {100 * borrowed.step.mfu:.1f}%, "
                           f"{borrowed.note})")
     step, compute, optimizer, comm = step_time(parts["work"], links, mfu)
@@ -244,7 +280,7 @@ def make_plan(cfg, world_size: int | None = None, mfu: float | None = None, sugg
         notes.append("Gated DeltaNet counted as flash-linear-attention saves it (install fla and causal-conv1d)")
     inv = parts["inventory"]
     summary = {
-        "model": cfg.model.family, "parameters": inv.all(),
+        "model": cfg.model.family, "parameters": inv.all(), "vocab_size": t.vocab_size,
         "parameters_trainable": sum(inv.trainable.values()),
         "cluster": {"gpu": cluster.gpu, "nodes": math.ceil(world / cluster.gpus_per_node),
                     "gpus_per_node": cluster.gpus_per_node, "world_size": world,

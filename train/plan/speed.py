@@ -3,14 +3,20 @@ the device's HBM bandwidth, and communication at the cluster's stated link bandw
 
 step = compute + optimizer + exposed communication, per rank:
 - compute: the step's model FLOPs (`train.metrics.throughput.TrainingFlops`, the count the training loop logs)
-  plus the forward that activation checkpointing recomputes, at `peak x mfu_compute`.
+  in two classes. The decoder layers (plus the forward activation checkpointing recomputes) run at
+  `peak x mfu_compute`; the LM head is one large dense GEMM and runs at the dense-GEMM efficiency measured on the
+  device, and its cross entropy is memory traffic (44 bytes per logit element: fp32 cast, log-softmax forward and
+  backward, the gradient cast back) at the HBM bandwidth. The head's share of a step changes with depth and
+  batch (it is half the FLOPs of the 4-layer H200 benchmark), so one blended rate would not carry over.
 - optimizer: parameter-proportional memory traffic, counted from DeepSpeed 0.19.8's ZeRO-1/2 step and torch's
   foreach AdamW: the gradient hook's bucket copy and averaging (4 x e bytes per local parameter), then per
   partition element the gradient norm, flatten, fp32 cast, clipping, AdamW (10 passes over fp32 tensors, 80
-  bytes) and the cast back (5 x e + 104 bytes), then the all-gather's write (e per local parameter).
+  bytes) and the cast back (5 x e + 104 bytes), then the all-gather's write (e per local parameter); gradient
+  accumulation adds per micro-batch the copies (ZeRO-2/3) or autograd's accumulation (ZeRO-1).
 - communication: EP all-to-all (dispatch and combine, forward and backward, again under checkpointing; on the
-  critical path), gradient reduce-scatter + parameter all-gather over the data-parallel groups, ZeRO-3
-  parameter gathers; reductions overlap the backward when `deepspeed.overlap_comm` is on.
+  critical path), gradient reduce-scatter (once per step under ZeRO-1, every micro-batch under ZeRO-2/3) and the
+  parameter all-gather over the data-parallel groups, ZeRO-3's parameter gathers for every micro-batch;
+  reductions overlap the backward when `deepspeed.overlap_comm` is on.
 `mfu_compute` is not guessed: it comes from a measured step (train/plan/measured.py) with that step's own
 optimizer and communication time taken out, so the planner reproduces the measurement it was calibrated on.
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 HBM_EFFICIENCY = 0.8  # fraction of the nominal HBM bandwidth streaming elementwise kernels reach
+CROSS_ENTROPY_BYTES = 44  # per logit element: .float() 6, log_softmax 12, nll grad 4, its backward 16, cast 6
 OVERLAPPED_SHARE = 2 / 3  # the part of compute (backward) that gradient reduction can hide behind
 FP32 = 4
 # Published training throughput to compare with (CONTEXT.md sections 7 and 9), TFLOP/s per GPU.
@@ -35,6 +42,8 @@ class StepWork:
     """What one rank does in one optimizer step."""
 
     model_flops: float  # forward + backward, the loop's count (MFU's numerator)
+    head_flops: float  # the LM head's part of model_flops
+    logit_elements: float  # rows of logits x vocabulary (the cross entropy's memory traffic)
     recompute_flops: float  # checkpointing's second forward
     param_bytes: float  # optimizer-side memory traffic
     all_to_all_bytes: float  # EP dispatch/combine bytes this rank sends
@@ -50,6 +59,7 @@ class Links:
     hbm_tbps: float
     intra_gbps: float
     inter_gbps: float
+    dense_gemm_efficiency: float = 1.0  # a large dense GEMM's share of the peak on this device (measured)
 
 
 @dataclass
@@ -93,10 +103,14 @@ class SpeedPlan:
                 "cost_per_billion_tokens": self.cost_per_billion_tokens, "anchors": self.anchors}
 
 
-def optimizer_bytes(local_params: float, partition_params: float, element_size: int) -> float:
-    """Parameter-proportional memory traffic of one step on one rank (see the module docstring)."""
+def optimizer_bytes(local_params: float, partition_params: float, element_size: int, accum: int = 1,
+                    reduce_every_micro_batch: bool = False) -> float:
+    """Parameter-proportional memory traffic of one step on one rank (see the module docstring). Gradient
+    accumulation adds, per extra micro-batch, the bucket copies (ZeRO-2/3 reduce every micro-batch) or autograd's
+    accumulation into `.grad` (ZeRO-1: read, add, write)."""
     e = element_size
-    return local_params * (4 * e + e) + partition_params * (5 * e + 104)
+    per_extra = 4 * e if reduce_every_micro_batch else 3 * e
+    return local_params * (4 * e + e + per_extra * (accum - 1)) + partition_params * (5 * e + 104)
 
 
 def comm_seconds(work: StepWork, links: Links, compute_s: float) -> float:
@@ -111,15 +125,19 @@ def comm_seconds(work: StepWork, links: Links, compute_s: float) -> float:
 
 def step_time(work: StepWork, links: Links, mfu_compute: float) -> tuple[float, float, float, float]:
     """(step, compute, optimizer, communication) seconds."""
-    compute = (work.model_flops + work.recompute_flops) / (links.peak_tflops * 1e12 * mfu_compute)
-    optimizer = work.param_bytes / (links.hbm_tbps * 1e12 * HBM_EFFICIENCY)
+    peak = links.peak_tflops * 1e12
+    hbm = links.hbm_tbps * 1e12 * HBM_EFFICIENCY
+    layers = (work.model_flops - work.head_flops + work.recompute_flops) / (peak * mfu_compute)
+    head = work.head_flops / (peak * links.dense_gemm_efficiency) + work.logit_elements * CROSS_ENTROPY_BYTES / hbm
+    compute = layers + head
+    optimizer = work.param_bytes / hbm
     comm = comm_seconds(work, links, compute)
     return compute + optimizer + comm, compute, optimizer, comm
 
 
 def calibrate_mfu(work: StepWork, links: Links, measured_step_s: float) -> float:
-    """The compute MFU that makes this plan's step time equal a measured one (optimizer and, for a fully
-    exposed collective, communication time taken out first)."""
+    """The decoder layers' MFU that makes this plan's step time equal a measured one (the head, cross entropy,
+    optimizer and exposed communication taken out first)."""
     optimizer = work.param_bytes / (links.hbm_tbps * 1e12 * HBM_EFFICIENCY)
     lo, hi = 1e-4, 1.0
     for _ in range(100):  # step time falls monotonically with mfu: bisect
