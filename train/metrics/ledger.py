@@ -96,9 +96,10 @@ class Ledger:
 
 
 def ledger_from_records(records: list[dict[str, Any]], price: float | None = None,
-                        currency: str | None = None) -> Ledger:
+                        currency: str | None = None, now: float | None = None) -> Ledger:
     """Sum `metrics.jsonl` records (events and steps, in file order) into a ledger. Files written before start
-    events existed split into processes where `steps_this_run` restarts, and count logged window time only."""
+    events existed split into processes where `steps_this_run` restarts, and count logged window time only.
+    `now`: the running process (the last start) counts until then, not until its last record."""
     ledger = Ledger()
     current: Segment | None = None
     last_steps_this_run = None
@@ -133,6 +134,8 @@ def ledger_from_records(records: list[dict[str, Any]], price: float | None = Non
         current.last_step = max(current.last_step, int(r["step"]))
         if "time" in r and current.start_time is not None:
             current.end_time = r["time"]
+    if now is not None and current is not None and current.start_time is not None and not current.finished:
+        current.end_time = now
     if price is not None:
         ledger.price_per_device_hour = price
     if currency is not None:

@@ -66,7 +66,7 @@ def full_attention(t: PretrainedConfig, e: int, masked: bool = False, kernels: K
 
     `masked`: packed rows (documents kept apart by a block-causal mask built from the position ids). SDPA then
     gets k and v repeated to every query head (transformers uses SDPA's grouped-query path only without a mask),
-    and on the CPU each layer saves the mask converted to fp32 (4 bytes per position pair)."""
+    and on the CPU each layer saves the mask converted to the compute dtype (e bytes per position pair)."""
     d = _dims(t)
     Q, K, nh, nkv = d["Q"], d["K"], d["nh"], d["nkv"]
     if not is_qwen3_5(t):
@@ -77,7 +77,7 @@ def full_attention(t: PretrainedConfig, e: int, masked: bool = False, kernels: K
     if masked:
         out += 2 * e * (Q - K)
         if kernels is not None and kernels.device == "cpu":
-            out += FP32 * seq_len
+            out += e * seq_len
     return out
 
 

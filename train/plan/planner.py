@@ -4,6 +4,7 @@ not fit, the changes that make it fit."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,51 +312,55 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def suggestions(cfg, world: int, mfu: float, max_nodes: int = 64) -> list[dict[str, Any]]:
-    """Single changes that make the job fit, fastest first: EP size, ZeRO stage, micro-batch (with more
-    accumulation, so the global batch stays), checkpointing, and the fewest nodes (with EP as large as a node
-    and the experts allow)."""
+def suggestions(cfg, world: int, mfu: float, max_nodes: int = 64, limit: int = 6) -> list[dict[str, Any]]:
+    """Changes that make the job fit, fewest knobs first, then cheapest per token: EP size, ZeRO stage,
+    micro-batch (with more accumulation, so the global batch stays), activation checkpointing, and failing all
+    of those on this cluster, the fewest nodes that fit."""
     t = _hf_config(cfg).get_text_config()
-    ep = cfg.parallel.ep_size
-    mb, accum = cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps
-    candidates: list[tuple[str, dict[str, Any], int]] = []
-    for e in _divisors(t.num_experts):
-        if e > ep and world % e == 0:
-            candidates.append((f"parallel.ep_size={e}", {"parallel.ep_size": e}, world))
-    for z in range(cfg.deepspeed.zero_stage + 1, 4):
-        candidates.append((f"deepspeed=zero{z}", {"deepspeed.zero_stage": z, "deepspeed.overlap_comm": True}, world))
-    m = mb
-    while m > 1:
-        m //= 2
-        candidates.append((f"trainer.micro_batch_size={m} trainer.grad_accum_steps={accum * mb // m}",
-                           {"trainer.micro_batch_size": m, "trainer.grad_accum_steps": accum * mb // m}, world))
-    if not cfg.model.activation_checkpointing:
-        candidates.append(("model.activation_checkpointing=true", {"model.activation_checkpointing": True}, world))
+    ep0, z0, mb0 = cfg.parallel.ep_size, cfg.deepspeed.zero_stage, cfg.trainer.micro_batch_size
+    accum0, ckpt0 = cfg.trainer.grad_accum_steps, bool(cfg.model.activation_checkpointing)
+    mbs = [mb0]
+    while mbs[-1] > 1:
+        mbs.append(mbs[-1] // 2)
+
+    def layouts(w: int):
+        eps = [e for e in _divisors(t.num_experts) if e >= ep0 and w % e == 0]
+        for ep, zero, mb, ckpt in itertools.product(eps, range(z0, 4), mbs, sorted({ckpt0, True})):
+            labels, changes = [], {}
+            if ep != ep0:
+                labels.append(f"parallel.ep_size={ep}")
+                changes["parallel.ep_size"] = ep
+            if zero != z0:
+                labels.append(f"deepspeed=zero{zero}")
+                changes.update({"deepspeed.zero_stage": zero, "deepspeed.overlap_comm": zero > 1})
+            if mb != mb0:
+                labels.append(f"trainer.micro_batch_size={mb} trainer.grad_accum_steps={accum0 * mb0 // mb}")
+                changes.update({"trainer.micro_batch_size": mb, "trainer.grad_accum_steps": accum0 * mb0 // mb})
+            if ckpt != ckpt0:
+                labels.append("model.activation_checkpointing=true")
+                changes["model.activation_checkpointing"] = True
+            yield labels, changes
+
+    def fitting(w: int, extra_labels: list[str], extra: dict[str, Any]) -> list[dict[str, Any]]:
+        found = []
+        for labels, changes in layouts(w):
+            if not labels and not extra:
+                continue
+            plan = make_plan(_variant(cfg, {**extra, **changes}), w, mfu, suggest=False)
+            if plan.fits:
+                found.append({"change": " ".join(extra_labels + labels), "knobs": len(labels) + len(extra_labels),
+                              "peak_gib": plan.memory.total / GIB, "tokens_per_s": plan.speed.tokens_per_s,
+                              "cost_per_billion_tokens": plan.speed.cost_per_billion_tokens})
+        return found
+
+    found = fitting(world, [], {})
     gpn = cfg.cluster.gpus_per_node
-    nodes = math.ceil(world / gpn)
-    n = nodes * 2
-    while n <= max_nodes:
-        w = n * gpn
-        eps = [e for e in _divisors(t.num_experts) if w % e == 0 and e >= ep]
-        for e in sorted(eps):
-            candidates.append((f"cluster.nodes={n} parallel.ep_size={e}",
-                               {"cluster.nodes": n, "parallel.ep_size": e}, w))
+    n = math.ceil(world / gpn) * 2
+    while not found and n <= max_nodes:  # nothing fits here: the fewest nodes where something does
+        found = fitting(n * gpn, [f"cluster.nodes={n}"], {"cluster.nodes": n})
         n *= 2
-    found = []
-    fitted_nodes = None
-    for label, changes, w in candidates:
-        if fitted_nodes is not None and "cluster.nodes" in changes and changes["cluster.nodes"] > fitted_nodes:
-            continue
-        variant = _variant(cfg, changes)
-        plan = make_plan(variant, w, mfu, suggest=False)
-        if plan.fits:
-            if "cluster.nodes" in changes:
-                fitted_nodes = changes["cluster.nodes"]
-            found.append({"change": label, "peak_gib": plan.memory.total / GIB,
-                          "tokens_per_s": plan.speed.tokens_per_s,
-                          "cost_per_billion_tokens": plan.speed.cost_per_billion_tokens})
-    found.sort(key=lambda f: f["cost_per_billion_tokens"])
-    return found
+    found.sort(key=lambda f: (f["knobs"], f["cost_per_billion_tokens"]))
+    return found[:limit]
 
 
 def plan_measured(step: MeasuredStep, cluster_overrides: list[str] | None = None) -> Plan:

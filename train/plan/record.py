@@ -62,12 +62,13 @@ def run_summary(metrics_path: Path, plan: dict[str, Any], price: float, currency
     """The `summary` event of a process: the run's ledger over every process so far, and this process's
     measured values beside the prediction."""
     import json
+    import time
 
     from train.metrics.ledger import ledger_from_records
 
     records = [json.loads(line) for line in metrics_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     starts = [i for i, r in enumerate(records) if r.get("event") == "start"]
     this_process = records[starts[-1]:] if starts else records
-    ledger = ledger_from_records(records, price, currency).as_dict()
+    ledger = ledger_from_records(records, price, currency, now=time.time()).as_dict()
     ledger.pop("segments")
     return {"ledger": ledger, "measured": measured_headline(this_process), "predicted": predicted_headline(plan)}
