@@ -193,7 +193,10 @@ def table_rows(results: list[tuple[Model, Task, int, str, dict | None]]) -> list
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.plan.scale", description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="compare with the committed files instead of writing")
+    ap.add_argument("--cfg", choices=["job"], help="print each row's experiment file instead of writing it")
     args = ap.parse_args(argv)
+    if args.cfg:
+        args.check = True
     results, stale = [], []
     for model, task, nodes, gpu in itertools.product(MODELS, TASKS, NODES, GPUS):
         choice = search(model, task, nodes, gpu)
@@ -201,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         path = CONFIGS / "experiment" / f"{row_name(model, task, nodes, gpu)}.yaml"
         text = experiment_yaml(model, task, nodes, gpu, choice) if choice else None
         current = path.read_text() if path.exists() else None
+        if args.cfg and text:
+            print(f"# --- configs/experiment/{path.name}\n{text}")
         if current != text:
             stale.append(path.name)
             if not args.check:
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             DOC.write_text(new_doc)
     if args.check and stale:
         print("stale: " + ", ".join(stale), file=sys.stderr)
-        return 1
+        return 0 if args.cfg else 1
     return 0
 
 
