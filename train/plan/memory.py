@@ -121,8 +121,12 @@ def memory_plan(inv: Inventory, layout: Layout, act: ActivationBytes, checkpoint
     live = 0.0
     if layout.zero_stage == 3:
         items["parameters"] = partition_elements(held, layout) * e
-        # gathered in full during forward and backward; experts only when their data-parallel group has peers
+        # gathered in full during forward and backward; experts only when their data-parallel group has peers.
+        # DeepSpeed keeps what it gathered while stage3_max_live_parameters allows; with checkpointing the
+        # recompute breaks its trace and parameters are released after use (measured: about two layers' worth)
         gathered = (n_held - held["experts"]) * (layout.world_size > 1) + held["experts"] * (layout.expert_dp > 1)
+        if checkpointing:
+            gathered = min(gathered, 2 * gathered / num_layers)
         live = min(gathered, ZERO3_MAX_LIVE) * e
     else:
         items["parameters"] = n_held * e
@@ -142,7 +146,8 @@ def memory_plan(inv: Inventory, layout: Layout, act: ActivationBytes, checkpoint
         bwd_grads, end_grads, step_grads = bucket, bucket + comm_temp, 0.0
     elif layout.overlap_comm:  # reduced during backward through two buckets into the partition buffer
         buckets = bucket * (1 if layout.lazy_pages else 2)
-        bwd_grads = buckets + partition_grads
+        # a GPU allocates the partition buffer at the first reduction; on the CPU its pages fill as it does
+        bwd_grads = buckets + (0.0 if layout.lazy_pages else partition_grads)
         end_grads, step_grads = buckets + comm_temp + partition_grads, partition_grads
     else:  # stage 1: every gradient lives until backward ends, then moves into a bucket and the partition buffer
         bwd_grads = n_train * e
