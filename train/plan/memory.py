@@ -66,6 +66,9 @@ class MemoryPlan:
     reserve: float
     limit: float
     notes: list[str] = field(default_factory=list)
+    # what a rank holds whatever the moment: parameters, gradients (at their largest: the end of backward),
+    # fp32 masters, Adam moments
+    states: dict[str, float] = field(default_factory=dict)
 
     @property
     def tensors(self) -> float:
@@ -85,7 +88,8 @@ class MemoryPlan:
         return {"peak_gib": self.total / GIB, "tensors_gib": self.tensors / GIB, "reserve_gib": self.reserve / GIB,
                 "limit_gib": self.limit / GIB, "fits": self.fits, "peak_phase": self.peak_phase,
                 "items_gib": {k: v / GIB for k, v in self.items.items()},
-                "phases_gib": {k: v / GIB for k, v in self.phases.items()}, "notes": list(self.notes)}
+                "phases_gib": {k: v / GIB for k, v in self.phases.items()},
+                "states_gib": {k: v / GIB for k, v in self.states.items()}, "notes": list(self.notes)}
 
 
 def partition_elements(counts: dict[str, float], layout: Layout) -> float:
@@ -191,4 +195,7 @@ def memory_plan(inv: Inventory, layout: Layout, act: ActivationBytes, checkpoint
     if n_held > n_train:
         notes.append(f"{(n_held - n_train) / 1e9:.3f}B parameters per rank are frozen: held, without gradients "
                      "or optimizer states")
-    return MemoryPlan(items, phases, peak, reserve_bytes, limit_bytes, notes)
+    states = {"parameters": items["parameters"] + live, "gradients": end_grads + (
+        items.get("gradient partition", 0.0)), "fp32 master weights": items["fp32 master weights"],
+        "Adam moments": items["Adam moments"]}
+    return MemoryPlan(items, phases, peak, reserve_bytes, limit_bytes, notes, states)

@@ -66,18 +66,19 @@ def compose(overrides: list[str], config_name: str = "pretrain") -> DictConfig:
 
 
 def _hf_config(cfg) -> PretrainedConfig:
+    """The job's transformers config: the checkpoint's config.json when `model.init_from` is here, else the model
+    group's `hf_config` (planning on a login node without the checkpoint), vocabulary padded as a run pads it."""
+    import os
+
     from train.models.build import build_hf_config
 
-    model = cfg.model
-    if OmegaConf.is_config(model) and OmegaConf.is_missing(model, "init_from"):
+    model = _model_cfg(cfg)
+    if model.init_from is not None and not os.path.isfile(os.path.join(model.init_from, "config.json")):
         model = OmegaConf.merge(model, {"init_from": None})
-    probe = build_hf_config(model)
-    text = probe.get_text_config()
     if model.init_from is None and "vocab_size" not in _hf_keys(model):
         padded = (cfg.data.vocab_size + 63) // 64 * 64  # the run pads its tokenizer's vocabulary the same way
         return build_hf_config(model, vocab_size=padded)
-    del text
-    return probe
+    return build_hf_config(model)
 
 
 def _hf_keys(model) -> set[str]:
@@ -233,6 +234,9 @@ def _parts(cfg, world: int, links: Links, hf_config: PretrainedConfig | None = N
         vision = images * vision_tower(hf.vision_config, patches, e, bool(cfg.model.activation_checkpointing))
     act = micro_batch_activations(t, mb, seq, logits_rows, e, kernels, bool(cfg.model.activation_checkpointing),
                                   expert_lora, vision, _masked(cfg, hf, kernels))
+    other = micro_batch_activations(t, mb, seq, logits_rows, e, kernels, not cfg.model.activation_checkpointing,
+                                    expert_lora, vision, _masked(cfg, hf, kernels))
+    with_ckpt, without = (act, other) if cfg.model.activation_checkpointing else (other, act)
     a2a_buffers = 2 * e * mb * seq * t.num_experts_per_tok * t.hidden_size if cfg.parallel.ep_size > 1 else 0.0
     mem = memory_plan(inv, layout, act, bool(cfg.model.activation_checkpointing), a2a_buffers,
                       cluster.runtime_reserve_gib * GIB, cluster.memory_gib * GIB, t.num_hidden_layers)
@@ -240,7 +244,9 @@ def _parts(cfg, world: int, links: Links, hf_config: PretrainedConfig | None = N
     tokens_rank, logits_rank = mb * seq * accum, logits_rows * accum
     work = _work(cfg, hf, inv, layout, world, cluster.gpus_per_node, tokens_rank, logits_rank, accum)
     return {"hf": hf, "inventory": inv, "layout": layout, "activations": act, "memory": mem, "work": work,
-            "kernels": kernels, "images": images}
+            "kernels": kernels, "images": images, "a2a": a2a_buffers,
+            "activations_gib": {"checkpointing": (with_ckpt.saved + with_ckpt.layer_recompute) / GIB,
+                                "no checkpointing": without.saved / GIB}}
 
 
 def make_plan(cfg, world_size: int | None = None, mfu: float | None = None, suggest: bool = True,
@@ -280,6 +286,13 @@ def make_plan(cfg, world_size: int | None = None, mfu: float | None = None, sugg
     if cluster.kernels == "cuda" and t.model_type.startswith("qwen3_5"):
         notes.append("Gated DeltaNet counted as flash-linear-attention saves it (install fla and causal-conv1d)")
     inv = parts["inventory"]
+    init_from = None if OmegaConf.is_missing(cfg.model, "init_from") else cfg.model.init_from
+    if init_from is not None and hf_config is None:
+        import os
+
+        if not os.path.isfile(os.path.join(init_from, "config.json")):
+            notes.append(f"model.init_from={init_from} is not here: planned with the model group's shape "
+                         "(configs/model), which the released checkpoint's config.json matches")
     summary = {
         "model": cfg.model.family, "parameters": inv.all(), "vocab_size": t.vocab_size,
         "parameters_trainable": sum(inv.trainable.values()),
@@ -293,6 +306,8 @@ def make_plan(cfg, world_size: int | None = None, mfu: float | None = None, sugg
                    "precision": "bf16" if parts["layout"].element_size == 2 else "fp32",
                    "kernels": dataclasses.asdict(parts["kernels"])},
         "per_rank_parameters": inv.on_rank(cfg.parallel.ep_size),
+        "activations_per_micro_batch_gib": parts["activations_gib"],
+        "all_to_all_buffers_gib": parts["a2a"] / GIB,
         "activation_bytes_per_token_per_layer": parts["activations"].per_layer,
     }
     plan = Plan(summary, parts["memory"], speed, notes)

@@ -23,7 +23,15 @@ def render(plan: Plan) -> str:
            f"  parameters per rank: experts {ranks['experts'] / 1e9:.3f}B (of {s['parameters'] / 1e9:.2f}B, split over "
            f"EP {lay['ep_size']}), dense {ranks['dense'] / 1e9:.3f}B, embedding {ranks['embedding'] / 1e9:.3f}B, "
            f"head {ranks['lm_head'] / 1e9:.3f}B, vision {ranks['vision'] / 1e9:.3f}B (replicated)",
-           "", f"memory per rank, at its peak ({m.peak_phase}):"]
+           "", "held per rank:"]
+    for name, v in m.states.items():
+        out.append(f"  {name:<32}{_gib(v)}")
+    acts = s["activations_per_micro_batch_gib"]
+    out.append(f"  {'activations per micro-batch':<32}{acts['checkpointing']:8.2f} GiB with activation checkpointing, "
+               f"{acts['no checkpointing']:.2f} GiB without")
+    if s["all_to_all_buffers_gib"]:
+        out.append(f"  {'all-to-all buffers':<32}{s['all_to_all_buffers_gib']:8.2f} GiB")
+    out += ["", f"memory per rank, at its peak ({m.peak_phase}):"]
     for name, v in m.items.items():
         out.append(f"  {name:<32}{_gib(v)}")
     out.append(f"  {'runtime reserve':<32}{_gib(m.reserve)}")
