@@ -72,7 +72,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
     from train.metrics.memory import PeakMemory
     from train.plan.record import predict
 
-    prediction = predict(cfg, hf_config, dist_info.world_size) if dist_info.is_main else {}
+    prediction = predict(cfg, hf_config, dist_info.world_size, dist_info.device.type) if dist_info.is_main else {}
     if dist_info.is_main:  # the prediction beside the config, for the measured values to be compared with
         config_json = {**redact_config(to_container(cfg)), "plan": prediction}
         (run_dir / "config.json").write_text(json.dumps(config_json, indent=2))

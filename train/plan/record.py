@@ -13,7 +13,7 @@ from transformers import PretrainedConfig
 log = logging.getLogger(__name__)
 
 
-def predict(cfg, hf_config: PretrainedConfig, world_size: int) -> dict[str, Any]:
+def predict(cfg, hf_config: PretrainedConfig, world_size: int, device_type: str = "cpu") -> dict[str, Any]:
     """The plan of this run at its real world size, as a plain dict; a planner failure never stops a run."""
     try:
         from train.plan.planner import make_plan
@@ -22,6 +22,11 @@ def predict(cfg, hf_config: PretrainedConfig, world_size: int) -> dict[str, Any]
     except Exception as e:  # noqa: BLE001 - the prediction is a side channel
         log.warning("plan: could not predict this run (%s: %s)", type(e).__name__, e)
         return {"error": f"{type(e).__name__}: {e}"}
+    if (device_type == "cuda") != (cfg.cluster.kernels == "cuda"):
+        note = (f"this run is on {device_type} but cluster={cfg.cluster.gpu} describes another device: pass "
+                "cluster=h200, h100 or cpu for a prediction of this one")
+        log.warning("plan: %s", note)
+        plan.notes.append(note)
     m, sp = plan.memory, plan.speed
     log.info("plan: %.2f GiB per rank at the peak (%s), %.0f tokens/s predicted (MFU %.1f%%)", m.tensors / 2**30,
              m.peak_phase, sp.tokens_per_s, 100 * sp.mfu)
