@@ -105,12 +105,38 @@ def run_point(name: str, overrides: list[str], work: Path, port: int) -> dict:
             "load_1min": os.getloadavg()[0]}
 
 
+def replan(row: dict) -> dict:
+    """The current planner's plan of a measured row (its overrides, the vocabulary its tokenizer had)."""
+    from train.plan.planner import compose, make_plan
+
+    cfg = compose([*row["overrides"], f"data.vocab_size={row['vocab_size']}"])
+    return make_plan(cfg, row["world_size"], suggest=False).as_dict()
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| point | EP | ZeRO | ckpt | micro-batch | predicted GiB | measured GiB | predicted / measured | peak at |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        plan = replan(row)
+        lay = plan["layout"]
+        pred = plan["memory"]["tensors_gib"]
+        lines.append(f"| `{row['name']}` | {lay['ep_size']} | {lay['zero_stage']} | "
+                     f"{'on' if lay['activation_checkpointing'] else 'off'} | {lay['micro_batch_size']} | {pred:.3f} | "
+                     f"{row['measured_gib']:.3f} | {pred / row['measured_gib']:.3f} | {plan['memory']['peak_phase']} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.plan_check", description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="comma-separated point names (default: all)")
     ap.add_argument("--port", type=int, default=29741)
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--table", action="store_true",
+                    help="print the results file as a markdown table, re-planned with the current planner")
     args = ap.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.out.read_text())["rows"]))
+        return 0
     todo = points()
     if args.only:
         todo = {k: todo[k] for k in args.only.split(",")}
