@@ -31,7 +31,7 @@ TIMINGS=$RUNS/demo_timings.json
 mkdir -p "$RUNS" "$EXPORTS"
 [ -f "$TIMINGS" ] || echo '{}' > "$TIMINGS"
 
-stage() {  # stage NAME COMMAND...: run it and record its wall time in $TIMINGS
+stage() {  # stage NAME COMMAND...: run it and add its wall time to $TIMINGS (summed over invocations of the demo)
   local name=$1 start end
   shift
   echo "=== [$name] $*"
@@ -42,7 +42,7 @@ stage() {  # stage NAME COMMAND...: run it and record its wall time in $TIMINGS
 import json, sys
 path, name, start, end = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 timings = json.load(open(path))
-timings[name] = round(end - start, 1)
+timings[name] = round(timings.get(name, 0) + end - start, 1)
 json.dump(timings, open(path, "w"), indent=2)
 print(f"=== [{name}] {end - start:.0f} s")
 EOF

@@ -85,9 +85,19 @@ class RunResult:
         self.output = proc.stdout + proc.stderr
 
     @property
-    def metrics(self) -> list[dict]:
+    def records(self) -> list[dict]:
+        """Every line of metrics.jsonl: step records and process events (start, summary)."""
         path = self.run_dir / "metrics.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+    @property
+    def metrics(self) -> list[dict]:
+        """The step records (without the process events)."""
+        return [r for r in self.records if "event" not in r]
+
+    @property
+    def events(self) -> list[dict]:
+        return [r for r in self.records if "event" in r]
 
     def losses(self) -> dict[int, float]:
         return {m["step"]: m["loss"] for m in self.metrics}

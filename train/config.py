@@ -146,6 +146,33 @@ class TrainerConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """The machines a job runs on, for `python -m train.plan` and each run's predicted memory, speed and cost.
+
+    Device figures are the vendor's (memory, dense bf16 peak, HBM bandwidth); link bandwidths are what one device
+    can expect from NCCL, stated per device and per direction. `mfu` null: the best MFU measured for the model
+    family on this device (train/plan/measured.py), shown as such in the plan.
+    """
+    gpu: str = "cpu"  # a name the plan prints, and the measured-MFU table's key: h200 | h100 | cpu
+    nodes: int = 1
+    gpus_per_node: int = 1
+    memory_gib: float = 12.0  # usable by one rank
+    # Dense bf16 TFLOP/s of one device (fp32 on CPU); null measures this CPU's fp32 matmul rate.
+    peak_tflops: float | None = None
+    hbm_tbps: float = 0.02  # device-memory bandwidth, TB/s
+    intra_node_gbps: float = 10.0  # all-to-all / reduce bandwidth per device inside a node, GB/s
+    inter_node_gbps: float = 10.0  # the same across nodes (network per device), GB/s
+    # What the allocator, NCCL/gloo and the CUDA context hold beyond tensors the model counts.
+    runtime_reserve_gib: float = 0.0
+    price_per_gpu_hour: float = 0.0  # currency units per device-hour; the ledger and plan multiply by it
+    currency: str = "USD"
+    mfu: float | None = None
+    # Kernels the run uses: "cuda" (flash/efficient SDPA, fla Gated DeltaNet, AutoEP grouped GEMM) or "cpu"
+    # (torch fallbacks, the local expert loop); the activation memory differs.
+    kernels: str = "cpu"
+
+
+@dataclass
 class PathsConfig:
     root_dir: str = "."
     runs_dir: str = "runs"
@@ -169,6 +196,7 @@ class PretrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 @dataclass

@@ -69,6 +69,14 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         raise ValueError(f"the tokenizer has {len(data.tokenizer)} tokens, the model's vocab_size is "
                          f"{hf_config.get_text_config().vocab_size}")
     align_vision_token_ids(hf_config, data.tokenizer, from_scratch=cfg.model.init_from is None)
+    from train.metrics.memory import PeakMemory
+    from train.plan.record import predict
+
+    prediction = predict(cfg, hf_config, dist_info.world_size, dist_info.device.type) if dist_info.is_main else {}
+    if dist_info.is_main:  # the prediction beside the config, for the measured values to be compared with
+        config_json = {**redact_config(to_container(cfg)), "plan": prediction}
+        (run_dir / "config.json").write_text(json.dumps(config_json, indent=2))
+    peak_memory = PeakMemory(dist_info.device)  # the baseline: what this process holds before the model
     model = build_model(cfg.model, hf_config, resolve_dtype(cfg.trainer.precision), cfg.trainer.seed,
                         dist_info.rank % cfg.parallel.ep_size, cfg.parallel.ep_size)
     if dist_info.is_main:
@@ -114,20 +122,48 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         peak_tflops=device_peak_tflops(cfg.trainer.peak_tflops_per_device),
         nonfinite=cfg.trainer.nonfinite, max_nonfinite_skips=cfg.trainer.max_nonfinite_skips,
         mtp_coef=cfg.loss.mtp_coef,
-        meta={"topology": topology.as_dict(), "family": cfg.model.family},
+        meta={"topology": topology.as_dict(), "family": cfg.model.family}, memory=peak_memory,
     )
     # the MTP layer, when there is one, is the last row of the per-layer expert load
     expert_load = ExpertLoad(text.num_hidden_layers + cfg.model.mtp_layers, text.num_experts, text.num_experts_per_tok)
+    _start_event(cfg, metrics, start_step, dist_info, prediction)
     try:
         monitor = CollapseMonitor(cfg.logger.collapse_dead_windows, cfg.logger.collapse_max_imbalance)
         result = train_loop(engine, batches, settings, metrics, checkpointer, expert_load, monitor, start_step,
                             dist_info.device)
-        metrics.summary({k: v for k, v in result.items() if not k.startswith("expert/per_layer")})
+        summary = _summary_event(cfg, metrics, run_dir, result["step"], prediction)
+        metrics.summary({**{k: v for k, v in result.items() if not k.startswith("expert/per_layer")}, **summary})
         if data.policy is not None and dist_info.is_main:
             data.policy.log_summary()
     finally:
         metrics.close()
     return result
+
+
+def _start_event(cfg, metrics, step: int, dist_info, plan: dict[str, Any]) -> None:
+    """Record this process start in metrics.jsonl: the ledger sums every start of a run."""
+    import torch
+
+    from train.metrics.ledger import process_start_time
+
+    device = dist_info.device
+    metrics.event("start", step, {
+        "process_start_time": process_start_time(), "world_size": dist_info.world_size, "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "max_steps": cfg.trainer.max_steps, "price_per_device_hour": cfg.cluster.price_per_gpu_hour,
+        "currency": cfg.cluster.currency,
+        "predicted": {k: v for k, v in (plan.get("memory") or {}).items() if k in ("tensors_gib", "peak_gib")}})
+
+
+def _summary_event(cfg, metrics, run_dir: Path, step: int, plan: dict[str, Any]) -> dict[str, Any]:
+    """The ledger of the run so far and this process's measured values beside the prediction (rank 0)."""
+    if not metrics.enabled:
+        return {}
+    from train.plan.record import run_summary
+
+    summary = run_summary(run_dir / "metrics.jsonl", plan, cfg.cluster.price_per_gpu_hour, cfg.cluster.currency)
+    metrics.event("summary", step, summary)
+    return summary
 
 
 @hydra.main(config_path="../configs", config_name="pretrain", version_base="1.3")

@@ -52,6 +52,7 @@ class LoopSettings:
     max_nonfinite_skips: int = 0
     mtp_coef: float = 0.0  # > 0: the model has `model.mtp` (multi-token prediction) and its loss is added
     meta: dict[str, Any] = field(default_factory=dict)
+    memory: Any = None  # train.metrics.memory.PeakMemory: the peak each rank adds above its baseline
 
 
 class StopRequest:
@@ -73,6 +74,16 @@ def _peak_memory_gib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _peak_added_gib(memory, device: torch.device, world: int) -> float | None:
+    """The largest peak any rank added above its baseline so far (one small all-reduce at logging time)."""
+    if memory is None:
+        return None
+    value = torch.tensor([memory.added_gib()], dtype=torch.float64, device=device)
+    if world > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return float(value.item())
 
 
 def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, checkpointer: Checkpointer,
@@ -145,6 +156,7 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
             if world > 1:
                 dist.all_reduce(counts)
             tokens, logits = counts.tolist()
+            added = _peak_added_gib(s.memory, device, world)
             tokens_per_s = tokens / elapsed
             grad_norm = engine.get_global_grad_norm()
             last = {
@@ -154,8 +166,11 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
                 "tokens": int(tokens), "tokens_per_s": tokens_per_s,
                 "tflops_per_device": s.flops.of(tokens, logits) / elapsed / world / 1e12,
                 "peak_memory_gib": _peak_memory_gib(device),
+                "window_s": elapsed, "flops": s.flops.of(tokens, logits),
                 "steps_this_run": steps_this_run, "nonfinite_skips": nonfinite.skipped,
             }
+            if added is not None:
+                last["peak_memory_added_gib"] = added  # the largest over ranks
             last["mfu"] = last["tflops_per_device"] / s.peak_tflops
             if mtp is not None:
                 last["mtp_loss"] = float(reduced[7] / (world * len(micro_batches)))

@@ -58,7 +58,7 @@ class MetricsLogger:
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        record = {"step": step, **metrics}
+        record = {"step": step, **metrics, "time": time.time()}
         self.jsonl.write(json.dumps(record) + "\n")
         self.jsonl.flush()
         if self.wandb_run is not None:
@@ -74,6 +74,14 @@ class MetricsLogger:
             self._wandb("log", flat, step=step)
         if self.progress:
             self._progress_line(step, metrics)
+
+    def event(self, kind: str, step: int, fields: dict[str, Any]) -> None:
+        """A process-level record in metrics.jsonl (`start`, `summary`): `{"event": kind, "step", "time", ...}`.
+        Readers tell it from a step record by its `event` key (train/metrics/ledger.py sums them)."""
+        if not self.enabled:
+            return
+        self.jsonl.write(json.dumps({"event": kind, "step": step, **fields, "time": time.time()}) + "\n")
+        self.jsonl.flush()
 
     def _progress_line(self, step: int, m: dict[str, Any]) -> None:
         elapsed = time.time() - self._t0

@@ -54,6 +54,11 @@ class TrainingFlops:
     def of(self, tokens: float, logits: float) -> float:
         return tokens * self.per_token + logits * self.per_logit
 
+    def recomputed(self, tokens: float) -> float:
+        """FLOPs activation checkpointing adds: the layers' forward (a third of their training FLOPs) once more.
+        Not part of model FLOPs (MFU), but time the device spends (train/plan/speed.py)."""
+        return tokens * self.per_token / 3.0
+
 
 def mtp_params_per_token(config: PretrainedConfig, mtp_layers: int) -> int:
     """Parameters one token passes through in the multi-token prediction layers (train/models/mtp.py): the [H, 2H]

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from train.report.inputs import read_eval, read_stage, read_timings
+from train.report.ledger import build_ledger, render_ledger
 from train.report.markdown import render
 from train.report.numbers import build_numbers, score_table
 from train.report.plots import plot_expert_load, plot_loss, plot_score_table, plot_throughput
 
-RESERVED_NAMES = ("stages", "timings", "total_wall_s")
+RESERVED_NAMES = ("stages", "timings", "total_wall_s", "ledger")
 
 
 def _file_stem(name: str) -> str:
@@ -34,7 +35,8 @@ def build_report(out: Path, stages: dict[str, Path], evals: dict[str, Path],
     stage_runs = [read_stage(name, path) for name, path in stages.items()]
     results = {name: read_eval(name, path) for name, path in evals.items()}
     timings = read_timings(timings_path)
-    numbers = build_numbers(stage_runs, results, timings)
+    ledger = build_ledger(stage_runs, results, timings)
+    numbers = build_numbers(stage_runs, results, timings, ledger)
     names = list(evals)
     rows = score_table(numbers, names) if names else []
 
@@ -57,7 +59,8 @@ def build_report(out: Path, stages: dict[str, Path], evals: dict[str, Path],
             plot_score_table(rows, names, tmp / shared["score_table"])
         numbers["plots"] = {"stages": plots, **shared}
         (tmp / "report.json").write_text(json.dumps(numbers, indent=2, ensure_ascii=False) + "\n")
-        (tmp / "report.md").write_text(render(numbers, names, rows, plots, shared) + "\n", encoding="utf-8")
+        (tmp / "report.md").write_text(render(numbers, names, rows, plots, shared) + "\n\n" + render_ledger(ledger),
+                                       encoding="utf-8")
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,6 +22,8 @@ class StageRun:
     config: dict[str, Any]
     records: list[dict[str, Any]]
     segments: list[list[dict[str, Any]]] = field(default_factory=list)  # one per process start (resume)
+    # every line of metrics.jsonl in file order: the step records and the process events (start, summary)
+    lines: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def resume_steps(self) -> list[int]:
@@ -52,10 +54,17 @@ def _is_number(v: Any) -> bool:
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Records of a metrics.jsonl; a line that is not a JSON object with the logged keys fails with file:line."""
+    """Step records of a metrics.jsonl; a line that is not a JSON object with the logged keys fails with file:line.
+    Process events (lines with an `event` key: start, summary) are left out (`read_metrics_lines` keeps them)."""
+    return [r for r in read_metrics_lines(path) if "event" not in r]
+
+
+def read_metrics_lines(path: Path) -> list[dict[str, Any]]:
+    """Every record of a metrics.jsonl in file order, step records checked as `read_metrics` describes."""
     if not path.is_file():
         raise ValueError(f"{path}: metrics file not found")
     records = []
+    lines: list[dict[str, Any]] = []
     load_shape: tuple[int, int] | None = None
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -67,6 +76,9 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            if "event" in record:
+                lines.append(record)
+                continue
             missing = [k for k in REQUIRED_METRICS if k not in record]
             if missing:
                 raise ValueError(f"{path}:{lineno}: missing key(s) {', '.join(missing)}")
@@ -82,9 +94,10 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
                                      f"[layers x experts], earlier records {load_shape[0]}x{load_shape[1]}")
                 load_shape = (len(load), len(load[0]))
             records.append(record)
+            lines.append(record)
     if not records:
         raise ValueError(f"{path}: no metrics records")
-    return records
+    return lines
 
 
 def _check_load(load: Any, path: Path, lineno: int) -> None:
@@ -122,8 +135,9 @@ def read_stage(name: str, run_dir: Path) -> StageRun:
     config = _load_json(config_path)
     if not isinstance(config, dict):
         raise ValueError(f"{config_path}: expected a JSON object")
-    records = read_metrics(run_dir / "metrics.jsonl")
-    return StageRun(name, run_dir, config, records, split_segments(records))
+    lines = read_metrics_lines(run_dir / "metrics.jsonl")
+    records = [r for r in lines if "event" not in r]
+    return StageRun(name, run_dir, config, records, split_segments(records), lines)
 
 
 def read_eval(name: str, path: Path) -> dict[str, Any]:

@@ -99,12 +99,18 @@ def eval_numbers(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_numbers(stages: list[StageRun], evals: dict[str, dict[str, Any]],
-                  timings: dict[str, float]) -> dict[str, Any]:
-    """The whole report.json: one object per evaluation name, `stages`, `timings` and the total wall time."""
+                  timings: dict[str, float], ledger: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole report.json: one object per evaluation name, `stages`, `timings`, the total wall time and the
+    `ledger` (train/report/ledger.py). A stage's wall time is its ledger's, summed over every process start."""
+    from train.report.ledger import stage_wall_s
+
     report: dict[str, Any] = {name: eval_numbers(result) for name, result in evals.items()}
-    report["stages"] = {s.name: stage_numbers(s, timings.get(s.name)) for s in stages}
+    walls = {s.name: stage_wall_s(ledger, s.name, timings) if ledger else timings.get(s.name) for s in stages}
+    report["stages"] = {s.name: stage_numbers(s, walls[s.name]) for s in stages}
     report["timings"] = dict(timings)
     report["total_wall_s"] = sum(timings.values()) if timings else None
+    if ledger is not None:
+        report["ledger"] = ledger
     return report
 
 
