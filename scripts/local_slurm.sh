@@ -3,6 +3,7 @@
 #   scripts/local_slurm.sh start [--nodes N]  install if missing, write the config, start munged, slurmctld, slurmd(s)
 #   scripts/local_slurm.sh status             daemons, and each node's state (and address, with --nodes N)
 #   scripts/local_slurm.sh stop               stop what start made (state stays under $LOCAL_SLURM_DIR)
+# `start` exits 3 (and changes nothing) when a cluster of another node count is running.
 # Runs as root without systemd. proctrack/linuxproc and task/none need no cgroups. /etc/slurm/slurm.conf is
 # written only if absent or written by this script before. Every node has CPUS (default: all cores) CPUs, no GPUs.
 #
@@ -207,7 +208,8 @@ wait_nodes_idle() {
 start() {
   [ "$NODES" -ge 1 ] 2>/dev/null || die "--nodes wants a positive number, not '$NODES'"
   if running "$STATE/slurmctld.pid" && [ "$(cat "$STATE/nodes" 2>/dev/null || echo 1)" != "$NODES" ]; then
-    die "a $(cat "$STATE/nodes" 2>/dev/null || echo 1)-node cluster is running; run '$0 stop' first"
+    echo "local_slurm: a $(cat "$STATE/nodes" 2>/dev/null || echo 1)-node cluster is running; run '$0 stop' first" >&2
+    exit 3
   fi
   [ "$NODES" = 1 ] || [ "$(id -u)" = 0 ] || die "network namespaces for $NODES nodes need root"
   install_packages
