@@ -11,6 +11,7 @@ rank 0 compares its logits with the export's, printing the max difference and fa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -31,12 +32,10 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch
 def validate(cfg: ExportConfig | DictConfig, world_size: int | None = None) -> None:
     """The export's checks at a world size (scripts/submit.sh runs them before queueing): with `verify=true`
     the training engine is rebuilt, so the job needs the checkpoint's world size. Raises ValueError."""
-    from train.checkpoint.hf_export import open_source
-
     validate_export(cfg)
     world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
-    source = open_source(cfg.checkpoint, check_files=False)
-    saved = source.meta["topology"]["world_size"]
+    meta = Path(cfg.checkpoint) / "meta.json"  # a missing one is named by open_source, in export()
+    saved = json.loads(meta.read_text())["topology"]["world_size"] if meta.exists() else world
     if cfg.verify and world != saved:
         raise ValueError(f"verify=true rebuilds the training engine of {cfg.checkpoint}: run it on the checkpoint's "
                          f"world size {saved} (ranks), not {world}")
