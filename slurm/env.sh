@@ -22,11 +22,12 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$MOE_REPO/.cache/torch_exten
 # Nothing is downloaded at run time.
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
 
-# NCCL: warnings in the job log; sockets (bootstrap, and TCP fallback) never on loopback or docker bridges.
-# Sites with InfiniBand/RoCE usually also set NCCL_IB_HCA (e.g. mlx5) and, for RoCE, NCCL_IB_GID_INDEX=3:
-# export them before submitting (sbatch passes the environment through) or in the cluster's profile.
+# NCCL: warnings in the job log. Sockets: each rank sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME (bootstrap
+# and TCP fallback), where unset, to its node's interface that routes to the first node of the step
+# (train/engine/distributed.py); export them to choose another (docs/clusters.md). Sites with InfiniBand/RoCE
+# usually also set NCCL_IB_HCA (e.g. mlx5) and, for RoCE, NCCL_IB_GID_INDEX=3: export them before submitting
+# (sbatch passes the environment through) or in the cluster's profile.
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
-export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-^lo,docker}
 # A failed or timed-out collective aborts the process (and with --kill-on-bad-exit, the step) instead of hanging.
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
 # MoE all-to-all buffers change size every step; expandable segments keep the CUDA allocator from fragmenting.

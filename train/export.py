@@ -11,6 +11,7 @@ rank 0 compares its logits with the export's, printing the max difference and fa
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -28,14 +29,26 @@ register_configs()
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
+def validate(cfg: ExportConfig | DictConfig, world_size: int | None = None) -> None:
+    """The export's checks at a world size (scripts/submit.sh runs them before queueing): with `verify=true`
+    the training engine is rebuilt, so the job needs the checkpoint's world size. Raises ValueError."""
+    validate_export(cfg)
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world_size is None else world_size
+    meta = Path(cfg.checkpoint) / "meta.json"  # a missing one is named by open_source, in export()
+    saved = json.loads(meta.read_text())["topology"]["world_size"] if meta.exists() else world
+    if cfg.verify and world != saved:
+        raise ValueError(f"verify=true rebuilds the training engine of {cfg.checkpoint}: run it on the checkpoint's "
+                         f"world size {saved} (ranks), not {world}")
+
+
 def export(cfg: ExportConfig | DictConfig) -> dict[str, Any]:
     """Convert (rank 0), then optionally verify (all ranks). Returns the export's counts and the max diff."""
-    validate_export(cfg)
+    validate(cfg)  # every rank checks its input before any work
     from train.checkpoint.hf_export import export_checkpoint, open_source
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    # every rank checks its input before any work; rank 0's export_checkpoint, which reads the files, hashes them
+    # rank 0's export_checkpoint, which reads the files, hashes them
     source = open_source(cfg.checkpoint, check_files=False)
     result: dict[str, Any] = {}
     if world > 1 or cfg.verify:
@@ -68,8 +81,9 @@ def export(cfg: ExportConfig | DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path="../configs", config_name="export", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from train.engine.distributed import destroy_process_group_at_exit
+    from train.engine.distributed import adopt_slurm_rank_env, destroy_process_group_at_exit
 
+    adopt_slurm_rank_env()  # under srun (slurm/export.sbatch): rank and world size from Slurm
     logging.getLogger().setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
     result = export(cfg)
     destroy_process_group_at_exit()

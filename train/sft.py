@@ -13,7 +13,7 @@ import os
 import hydra
 from omegaconf import DictConfig
 
-from train.config import register_configs
+from train.config import register_configs, validate  # noqa: F401  (validate: scripts/submit.sh checks with it)
 from train.pretrain import pretrain
 
 log = logging.getLogger("train.sft")
@@ -25,8 +25,9 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from data_pipelines.bad_input import stop_on_bad_input
-    from train.engine.distributed import destroy_process_group_at_exit
+    from train.engine.distributed import adopt_slurm_rank_env, destroy_process_group_at_exit
 
+    adopt_slurm_rank_env()  # under srun (one task per GPU): rank and world size from Slurm, before validation
     logging.getLogger().setLevel(logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING)
     with stop_on_bad_input():  # bad data ends the run with its one-line message
         pretrain(cfg, cfg.run_dir or HydraConfig.get().runtime.output_dir)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import atexit
 import datetime
+import ipaddress
 import os
 import re
+import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -64,6 +67,79 @@ def adopt_slurm_rank_env() -> None:
     os.environ.update(slurm_rank_env(os.environ))
 
 
+def route_to(host: str) -> tuple[str, str] | None:
+    """(interface, local address) through which this machine reaches `host`; None if that is loopback.
+
+    A UDP connect() sends nothing: the kernel only picks the route and the source address. On the host itself the
+    source is the host's own address, so every node of a job gets the interface the others reach it on.
+    """
+    import psutil
+
+    family, _, _, _, sockaddr = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((sockaddr[0], 9, *sockaddr[2:]))
+        local = probe.getsockname()[0]
+    if ipaddress.ip_address(local.split("%")[0]).is_loopback:
+        return None
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family == family and a.address.split("%")[0] == local for a in addrs):
+            return name, local
+    return None
+
+
+def _spans_nodes(environ: Mapping[str, str]) -> bool:
+    if "SLURM_STEP_NUM_NODES" in environ and "SLURM_STEP_NUM_TASKS" in environ:
+        return int(environ["SLURM_STEP_NUM_NODES"]) > 1
+    local_world = environ.get("LOCAL_WORLD_SIZE")  # torchrun
+    return local_world is not None and int(environ.get("WORLD_SIZE", "1")) > int(local_world)
+
+
+def socket_ifname_env(environ: Mapping[str, str], backend: str) -> dict[str, str]:
+    """GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME for a multi-process job, each only where the site left it unset.
+
+    Both default to the interface that routes to the rendezvous host (MASTER_ADDR), which every node can reach by
+    construction: gloo would otherwise bind the address this machine's hostname resolves to (on many clusters
+    127.0.1.1, or a network the other nodes cannot reach), and NCCL its first interface that is not lo or docker*
+    (a second Ethernet, virbr0, a container bridge). A job spanning several nodes whose rendezvous host resolves
+    to loopback on that host cannot run gloo without GLOO_SOCKET_IFNAME: that is an error naming the variable.
+    """
+    if int(environ.get("WORLD_SIZE", "1")) <= 1:
+        return {}
+    master = environ.get("MASTER_ADDR", "127.0.0.1")
+    try:
+        route = route_to(master)
+    except OSError as err:
+        raise ValueError(f"MASTER_ADDR={master} does not resolve on {socket.gethostname()}: {err}") from err
+    if route is None:
+        if backend == "gloo" and _spans_nodes(environ) and not environ.get("GLOO_SOCKET_IFNAME"):
+            raise ValueError(f"MASTER_ADDR={master} resolves to a loopback address on {socket.gethostname()}, but "
+                             f"the job spans several nodes: fix that host's name resolution (/etc/hosts), or set "
+                             f"GLOO_SOCKET_IFNAME to the interface the other nodes reach it on")
+        return {}
+    ifname = route[0]
+    env = {}
+    if not environ.get("GLOO_SOCKET_IFNAME"):
+        env["GLOO_SOCKET_IFNAME"] = ifname
+    if not environ.get("NCCL_SOCKET_IFNAME"):
+        env["NCCL_SOCKET_IFNAME"] = f"={ifname}"  # "=": this name exactly, not every name it prefixes
+    return env
+
+
+def _announce_node(backend: str) -> None:
+    """One line per node (local rank 0): where this node is, where it meets the others, on which interface."""
+    if os.environ.get("LOCAL_RANK", "0") != "0" or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    master = os.environ["MASTER_ADDR"]
+    try:
+        resolved = socket.getaddrinfo(master, None, type=socket.SOCK_STREAM)[0][4][0]
+    except OSError as err:
+        resolved = f"unresolved: {err}"
+    ifname = os.environ.get("GLOO_SOCKET_IFNAME" if backend == "gloo" else "NCCL_SOCKET_IFNAME", "default")
+    print(f"[dist] rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} (local rank 0) on "
+          f"{socket.gethostname()}: rendezvous {master}:{os.environ['MASTER_PORT']} ({resolved}), {backend} "
+          f"sockets on {ifname}", file=sys.stderr, flush=True)
+
+
 def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
     """Start (or join) the default process group; a single process gets a world of one."""
     import deepspeed
@@ -76,6 +152,8 @@ def init_distributed(backend: str = "auto", timeout_s: int = 1800) -> DistInfo:
     os.environ.setdefault("RANK", "0")
     os.environ.setdefault("LOCAL_RANK", "0")
     os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.update(socket_ifname_env(os.environ, backend))
+    _announce_node(backend)
     local_rank = int(os.environ["LOCAL_RANK"])
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
