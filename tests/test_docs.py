@@ -382,6 +382,26 @@ def _check_sbatch(sbatch: str, overrides: list[str], where: Command) -> None:
     _compose(_sbatch_entry(path), [o for o in overrides if o != PLACEHOLDER], where)
 
 
+# Hydra entries that take flags of their own beside Hydra's (flag -> whether a value follows it)
+ENTRY_FLAGS = {"train.plan": {"--check": False, "--json": True}}
+
+
+def _without_own_flags(module: str, args: list[str], where: Command) -> list[str]:
+    flags = ENTRY_FLAGS.get(module, {})
+    source = module_file(module).read_text(encoding="utf-8")
+    out, skip = [], False
+    for a in args:
+        name = a.split("=", 1)[0]
+        if skip:
+            skip = False
+        elif name in flags:
+            assert f'"{name}' in source, f"{where}: {module} no longer takes {name}"
+            skip = flags[name] and "=" not in a
+        else:
+            out.append(a)
+    return out
+
+
 def _check_module(inv: Invocation, where: Command, help_texts: dict[str, str]) -> None:
     module = inv.module
     if module == "pytest":
@@ -393,7 +413,7 @@ def _check_module(inv: Invocation, where: Command, help_texts: dict[str, str]) -
         return
     assert module_file(module), f"{where}: no module {module}"
     if hydra_entry(module):
-        overrides, multirun = split_hydra_flags(inv.args)
+        overrides, multirun = split_hydra_flags(_without_own_flags(module, list(inv.args), where))
         _compose(module, overrides, where, multirun)
         return
     text = help_texts[module] if module in help_texts else _declared_options(module)
