@@ -1,4 +1,4 @@
-"""The step loop: lr -> micro-steps (forward, losses, backward) -> step -> log -> checkpoint.
+"""The step loop: lr -> micro-steps (forward, losses, backward) -> step -> validation -> log -> checkpoint.
 
 Everything else (schedule, losses, metrics, checkpoints, data position) is a thing this loop calls.
 """
@@ -21,6 +21,7 @@ from train.engine import fault_injection
 from train.engine.losses import labelled_logit_positions, moe_losses, touch_unused, vision_parameters
 from train.engine.lr_schedule import get_lr
 from train.engine.nonfinite import NonFinitePolicy
+from train.engine.validation import ValidationSettings, evaluate
 from train.metrics.expert_load import CollapseMonitor, ExpertLoad
 from train.metrics.logger import MetricsLogger
 from train.metrics.throughput import TrainingFlops
@@ -47,6 +48,7 @@ class LoopSettings:
     peak_tflops: float
     nonfinite: str = "stop"
     max_nonfinite_skips: int = 0
+    eval_every: int = 0  # validation every this many steps and at the last one (a multiple of log_every); 0: off
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -73,16 +75,19 @@ def _peak_memory_gib(device: torch.device) -> float:
 
 def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, checkpointer: Checkpointer,
                expert_load: ExpertLoad, collapse_monitor: CollapseMonitor, start_step: int,
-               device: torch.device) -> dict[str, Any]:
-    """Run from `start_step` to `max_steps` (or until stopped); returns the last logged metrics."""
+               device: torch.device, validation=None) -> dict[str, Any]:
+    """Run from `start_step` to `max_steps` (or until stopped); returns the last logged metrics.
+
+    `validation` (data_pipelines.loader.HeldOutBatches) is evaluated every `eval_every` steps when given."""
     s = settings
     stop = StopRequest()
     nonfinite = NonFinitePolicy(s.nonfinite, s.max_nonfinite_skips)
     world = dist.get_world_size() if dist.is_initialized() else 1
     step = start_step
     steps_this_run = 0
-    window_tokens, window_logits, window_t0 = 0, 0, time.perf_counter()
+    window_tokens, window_logits, window_t0, window_eval_s = 0, 0, time.perf_counter(), 0.0
     last: dict[str, Any] = {}
+    val_settings = ValidationSettings(s.num_experts, s.top_k, s.aux_coef, s.z_coef)
     vision = vision_parameters(engine.module)
     engine.train()
     while step < s.max_steps:
@@ -122,8 +127,12 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
             rows = bad_rows if reduced[4] > 0 else [r for mb in micro_batches for r in mb.get("rows", [])]
             nonfinite.handle(step, int(reduced[4]), applied=bool(reduced[6] == 0), rows=rows)
         mean = reduced[:4] / (world * len(micro_batches))
+        val: dict[str, float] = {}
+        if validation is not None and s.eval_every and (step % s.eval_every == 0 or step == s.max_steps):
+            val = evaluate(engine, validation, val_settings, device)
+            window_eval_s += val["val/seconds"]
         if step % s.log_every == 0 or step == s.max_steps:
-            elapsed = time.perf_counter() - window_t0
+            elapsed = time.perf_counter() - window_t0 - window_eval_s  # throughput of training alone
             # rows differ in length after trimming, and in labelled positions
             counts = torch.tensor([float(window_tokens), float(window_logits)], dtype=torch.float64, device=device)
             if world > 1:
@@ -141,13 +150,14 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
                 "steps_this_run": steps_this_run, "nonfinite_skips": nonfinite.skipped,
             }
             last["mfu"] = last["tflops_per_device"] / s.peak_tflops
+            last.update(val)
             last.update(expert_load.reduce_and_reset(device))
             collapse = collapse_monitor.check(last)
             last["expert/collapse_warnings"] = len(collapse)
             for warning in collapse if metrics.enabled else []:
                 log.warning("expert collapse at step %d: %s", step, warning)
             metrics.log(step, last)
-            window_tokens, window_logits, window_t0 = 0, 0, time.perf_counter()
+            window_tokens, window_logits, window_t0, window_eval_s = 0, 0, time.perf_counter(), 0.0
         stopping = bool(reduced[5] > 0) or (s.stop_after_steps is not None and steps_this_run >= s.stop_after_steps)
         if step % s.checkpoint_every == 0 or step == s.max_steps or stopping:
             meta = {**s.meta, "data": batches.state_dict(), "wandb_id": metrics.wandb_id}
