@@ -23,6 +23,8 @@ from data_pipelines.loader import HeldOutBatches
 from tests.conftest import run_pretrain
 from train.engine.validation import ValidationSettings, evaluate
 
+pytestmark = pytest.mark.timeout(2400)  # up to 4 launches start on one test's first use of `runs`
+
 VOCAB, EXPERTS = 16, 4
 
 
@@ -96,18 +98,25 @@ TRAIN_KEYS = ("loss", "lm_loss", "aux_loss", "z_loss", "grad_norm", "tokens", "e
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, shared_data):
-    base = tmp_path_factory.mktemp("val_runs")
+    """Launched per group on first use: "1" for the single-process runs, "2" for the EP=2 ones."""
+    launched: dict[str, object] = {}
     on = [*BASE, "trainer.eval_every=2"]
-    out = {
-        "OFF1": run_pretrain(base / "off1", 1, [*BASE, "trainer.eval_every=0"], shared_data),
-        "ON1": run_pretrain(base / "on1", 1, on, shared_data),
-        "S1": run_pretrain(base / "r1", 1, [*on, "trainer.stop_after_steps=3"], shared_data),
-    }
-    out["R1"] = run_pretrain(base / "r1", 1, on, shared_data)
-    ep2 = ["parallel.ep_size=2"]
-    out["OFF2"] = run_pretrain(base / "off2", 2, [*BASE, *ep2, "trainer.eval_every=0"], shared_data)
-    out["ON2"] = run_pretrain(base / "on2", 2, [*on, *ep2], shared_data)
-    return out
+
+    def get(name: str):
+        if name in launched:
+            return launched[name]
+        base = tmp_path_factory.mktemp(name.lower())
+        if name == "R1":
+            get("S1")
+            base = launched["S1"].run_dir.parent
+        nproc, ep = (1, []) if name.endswith("1") else (2, ["parallel.ep_size=2"])
+        overrides = {"OFF": [*BASE, *ep, "trainer.eval_every=0"], "ON": [*on, *ep],
+                     "S": [*on, *ep, "trainer.stop_after_steps=3"], "R": [*on, *ep]}[name[:-1]]
+        run_dir = base / ("resumed" if name[0] in "SR" else "run")
+        launched[name] = run_pretrain(run_dir, nproc, overrides, shared_data)
+        return launched[name]
+
+    return get
 
 
 def _by_step(result) -> dict[int, dict]:
@@ -119,7 +128,7 @@ def _by_step(result) -> dict[int, dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("off,on", [("OFF1", "ON1"), ("OFF2", "ON2")])
 def test_validation_leaves_the_training_losses_exactly_as_without_it(runs, off, on):
-    a, b = _by_step(runs[off]), _by_step(runs[on])
+    a, b = _by_step(runs(off)), _by_step(runs(on))
     assert sorted(a) == sorted(b) == list(range(1, 7))
     for step in a:
         for key in TRAIN_KEYS:
@@ -131,7 +140,7 @@ def test_validation_leaves_the_training_losses_exactly_as_without_it(runs, off, 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ON1", "ON2"])
 def test_validation_is_logged_every_eval_every_steps(runs, name):
-    records = _by_step(runs[name])
+    records = _by_step(runs(name))
     evaluated = [s for s, m in records.items() if "val/loss" in m]
     assert evaluated == [2, 4, 6]
     for step in evaluated:
@@ -140,14 +149,14 @@ def test_validation_is_logged_every_eval_every_steps(runs, name):
         assert m["val/text/loss"] == pytest.approx(m["val/lm_loss"], rel=1e-12)  # one held-out set: the corpus's
         assert m["val/seconds"] > 0 and m["val/tokens"] > 0
     assert records[6]["val/lm_loss"] < records[2]["val/lm_loss"] - 0.1  # the model learns what it never saw
-    assert "validation text:" in runs[name].output  # the held-out set's bad-input line at start-up
+    assert "validation text:" in runs(name).output  # the held-out set's bad-input line at start-up
 
 
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_resume_repeats_training_and_validation_losses_exactly(runs):
-    uninterrupted, resumed = _by_step(runs["ON1"]), _by_step(runs["R1"])
-    assert "resumed from step_00000003" in runs["R1"].output
+    uninterrupted, resumed = _by_step(runs("ON1")), _by_step(runs("R1"))
+    assert "resumed from step_00000003" in runs("R1").output
     assert sorted(resumed) == list(range(1, 7))
     for step, m in uninterrupted.items():
         for key in (*TRAIN_KEYS, "val/loss", "val/lm_loss", "val/text/loss"):
