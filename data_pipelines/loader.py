@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 import datasets
 import torch
 
+from data_pipelines.bad_input import BadInput
 from data_pipelines.collate import Collator, labelled_row_widths
 
 TENSOR_COLUMNS = ("input_ids", "position_ids", "labels", "mm_token_type_ids")
@@ -133,7 +134,7 @@ class HeldOutBatches:
         for name, rows in sets:
             count = min(max_batches, len(rows) // global_batch)
             if count == 0:
-                raise ValueError(f"validation set {name!r} has {len(rows)} rows, fewer than one batch of "
+                raise BadInput(f"validation set {name!r} has {len(rows)} rows, fewer than one batch of "
                                  f"{global_batch} (trainer.micro_batch_size x world size): give it more records "
                                  "(data.validation_fraction, data.validation)")
             perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))

@@ -274,7 +274,7 @@ def validation_specs(cfg: DataConfig, sources: list[RunSource], specs: tuple[Sou
     seen: dict[str, str] = {}
     for src, _ in named:
         if src.name in seen:
-            raise ValueError(f"{src.key}: validation name {src.name!r} is also {seen[src.name]}'s; set "
+            raise BadInput(f"{src.key}: validation name {src.name!r} is also {seen[src.name]}'s; set "
                              f"{src.key}.name")
         seen[src.name] = src.key
     return [(src.name, spec) for src, spec in named]
