@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,8 @@ class SourceConfig:
     columns: dict[str, str] = field(default_factory=dict)
     # .txt files: one document per file (document), per line (line) or per blank-line-separated paragraph.
     sample_by: str = "document"
+    # The source's name in validation metrics (val/<name>/loss); null: its file name without the extension.
+    name: str | None = None
 
 
 @dataclass
@@ -80,9 +83,15 @@ class DataConfig:
     # Extra files (text or chat records) the BPE is trained on besides the sources, e.g. the dialogs a
     # from-scratch model will be fine-tuned on later, so they tokenise compactly.
     tokenizer_texts: list[str] = field(default_factory=list)
-    validation_fraction: float = 0.02
     seed: int = 0
     sources: list[SourceConfig] = field(default_factory=list)
+    # Held-out sources (same schema as `sources`; weights unused), evaluated every trainer.eval_every steps.
+    validation: list[SourceConfig] = field(default_factory=list)
+    # Also hold out this fraction of every training source's records, chosen by a hash of the record's content
+    # (stable across runs and seeds; such records never reach the training rows). 0: none.
+    validation_fraction: float = 0.0
+    # Micro-batches per validation source and rank in one evaluation: bounds its cost.
+    validation_max_batches: int = 20
     # Read sources as streams (datasets IterableDataset): nothing is cached, each rank reads its own
     # shard, and the position of every rank is saved in checkpoints.
     streaming: bool = False
@@ -131,13 +140,25 @@ def validate_data(data: DataConfig) -> None:
 
 
 def _validate_sources(data: DataConfig) -> None:
-    if data.kind == "text":
-        return
-    if not data.sources:
+    if data.kind != "text" and not data.sources:
         raise ValueError(f"data.sources is empty: data.kind={data.kind} needs at least one source")
-    for i, src in enumerate(data.sources):
-        key = f"data.sources[{i}]"
+    if data.kind != "text":
+        _validate_source_list(data, data.sources, "data.sources")
+    _validate_source_list(data, data.validation, "data.validation")
+    if data.kind != "text" and data.image.min_pixels > data.image.max_pixels:
+        raise ValueError(f"data.image.min_pixels={data.image.min_pixels} exceeds data.image.max_pixels")
+    if not 0.0 <= data.validation_fraction < 1.0:
+        raise ValueError(f"data.validation_fraction={data.validation_fraction} must be in [0, 1)")
+    if data.validation_max_batches < 1:
+        raise ValueError(f"data.validation_max_batches={data.validation_max_batches} must be >= 1")
+
+
+def _validate_source_list(data: DataConfig, sources: list[SourceConfig], name: str) -> None:
+    for i, src in enumerate(sources):
+        key = f"{name}[{i}]"
         check_choice(f"{key}.kind", src.kind, SOURCE_KINDS)
+        if data.kind == "text" and src.kind != "text":
+            raise ValueError(f"{key}.kind={src.kind!r}: data.kind=text reads text sources only")
         if data.kind == "sft" and src.kind != "chat":
             raise ValueError(f"{key}.kind={src.kind!r}: data.kind=sft reads chat sources only")
         if data.kind == "mixture" and src.kind == "chat":
@@ -149,10 +170,10 @@ def _validate_sources(data: DataConfig) -> None:
         if src.columns and src.kind != "chat":
             raise ValueError(f"{key}.columns renames the keys of chat records; a {src.kind} source names its "
                              f"fields with text_field / image_field")
-        for name in src.columns:
-            if name not in COLUMN_NAMES:
-                raise ValueError(f"{key}.columns.{name}: not a column name (one of {list(COLUMN_NAMES)})")
+        for column in src.columns:
+            if column not in COLUMN_NAMES:
+                raise ValueError(f"{key}.columns.{column}: not a column name (one of {list(COLUMN_NAMES)})")
+        if src.name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", src.name):
+            raise ValueError(f"{key}.name={src.name!r}: letters, digits, '_', '.' and '-' only (it names metrics)")
         if data.source != "generated" and not os.path.exists(src.path) and not glob.glob(src.path):
             raise ValueError(f"{key}.path={src.path!r} does not exist")
-    if data.image.min_pixels > data.image.max_pixels:
-        raise ValueError(f"data.image.min_pixels={data.image.min_pixels} exceeds data.image.max_pixels")

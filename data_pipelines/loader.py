@@ -10,6 +10,9 @@ The position is a plain dict (epoch, step) saved in every checkpoint. Rows becom
 through a `Collator` (data_pipelines/collate.py); each micro-batch also carries `rows`, the indices of its rows
 in the training set, so a bad step can name its samples.
 
+`HeldOutBatches` are a rank's validation micro-batches: a fixed seeded sample of each held-out set, split over
+the ranks like a training step, the same rows at every evaluation and as many batches on every rank.
+
 `StreamingBatches` does the same for streams (datasets IterableDatasets, nothing cached): every global rank
 reads its own shard, packs on the fly, and its position (the stream's `state_dict` plus the samples of the
 row being filled) is saved per rank and restored exactly.
@@ -22,6 +25,7 @@ from collections.abc import Callable, Iterator
 import datasets
 import torch
 
+from data_pipelines.bad_input import BadInput
 from data_pipelines.collate import Collator, labelled_row_widths
 
 TENSOR_COLUMNS = ("input_ids", "position_ids", "labels", "mm_token_type_ids")
@@ -109,6 +113,43 @@ class ResumableBatches:
         self.epoch = state["epoch"]
         self.step = state["step"]
         self._perm = self._permutation(self.epoch)
+
+
+class HeldOutBatches:
+    """Validation micro-batches of one rank, set by set; iterating yields (set index, micro-batch).
+
+    Each set's rows are permuted once with a fixed seed (its first rows may all be alike: files are often
+    sorted) and cut into global batches of `micro_batch * world_size` rows, at most `max_batches` of them; rank
+    `r` takes slot `r` of each. A remainder smaller than a global batch is not evaluated, so every rank runs the
+    same number of forwards (expert parallelism needs every rank in each one).
+    """
+
+    def __init__(self, sets: list[tuple[str, datasets.Dataset]], micro_batch: int, rank: int, world_size: int,
+                 max_batches: int, collate: Callable[[dict], dict] | None = None) -> None:
+        self.names = [name for name, _ in sets]
+        self.collate = collate or Collator(mode="packed", mrope=False)
+        self.rows: list[datasets.Dataset] = []
+        self.plan: list[list[list[int]]] = []  # per set, per micro-batch: row indices
+        global_batch = micro_batch * world_size
+        for name, rows in sets:
+            count = min(max_batches, len(rows) // global_batch)
+            if count == 0:
+                raise BadInput(f"validation set {name!r} has {len(rows)} rows, fewer than one batch of "
+                                 f"{global_batch} (trainer.micro_batch_size x world size): give it more records "
+                                 "(data.validation_fraction, data.validation)")
+            perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))
+            starts = [b * global_batch + rank * micro_batch for b in range(count)]
+            self.plan.append([perm[s:s + micro_batch].tolist() for s in starts])
+            self.rows.append(rows.with_format("torch", columns=[c for c in TENSOR_COLUMNS if c in rows.column_names],
+                                              output_all_columns=True))
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.plan)
+
+    def __iter__(self) -> Iterator[tuple[int, dict]]:
+        for i, (rows, batches) in enumerate(zip(self.rows, self.plan, strict=True)):
+            for idx in batches:
+                yield i, self.collate(rows[idx])
 
 
 class StreamingBatches:

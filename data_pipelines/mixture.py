@@ -108,16 +108,21 @@ def pack_rows(samples, seq_len: int, mode: str, pad_id: int, multimodal: bool):
 
 @dataclass(frozen=True)
 class SourceSpec:
-    """One source as the pipeline reads it: its paths (read in order), how .txt files split, its encoding."""
+    """One source as the pipeline reads it: its paths (read in order), how .txt files split, its encoding, and
+    which side of its held-out fraction (`data_pipelines/holdout.py`) it reads."""
     encode: EncodeSpec
     paths: tuple[str, ...]
     weight: float = 1.0
     sample_by: str = "document"
+    holdout: float = 0.0
+    split: str = "train"
 
     def records(self, streaming: bool = False):
+        from data_pipelines.holdout import split_records
         from data_pipelines.sources import read_records
 
-        return read_records(self.paths, streaming=streaming, sample_by=self.sample_by)
+        records = read_records(self.paths, streaming=streaming, sample_by=self.sample_by)
+        return split_records(records, self.holdout, self.split)
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,21 @@ generated corpus or `data.paths`), `data.kind=mixture` weighted text / image-tex
 its first records and logged (`detect_source_format`). Rank 0 builds what is missing into the data/cache folders;
 every other rank waits, then memory-maps it. With `data.streaming=true` nothing is cached: every rank streams,
 encodes and packs its own shard.
+
+The held-out sets (`validation_sets`: `data.validation` sources, and with `data.validation_fraction` the held-out
+part of every training source) are encoded and packed exactly as training rows (the SFT loss mask included), one
+cached dataset per set, also when training streams.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -47,6 +53,7 @@ class TrainingData:
     collate: Collator | None = None
     policy: BadInputPolicy | None = None
     streaming: StreamingSource | None = None
+    validation: list[ValidationSet] = field(default_factory=list)
 
     def batches(self, micro_batch: int, grad_accum: int, rank: int, world_size: int, seed: int,
                 length_group_steps: int = 0):
@@ -60,6 +67,20 @@ class TrainingData:
                                     on_warn=lambda mark: s.policy.count(mark, warning=True))
         return ResumableBatches(self.train_rows, micro_batch, grad_accum, rank, world_size, seed, self.collate,
                                 length_group_steps)
+
+    def validation_batches(self, micro_batch: int, rank: int, world_size: int, max_batches: int):
+        """This rank's validation micro-batches: the same rows at every evaluation, as many on every rank."""
+        from data_pipelines.loader import HeldOutBatches
+
+        return HeldOutBatches([(v.name, v.rows) for v in self.validation], micro_batch, rank, world_size,
+                              max_batches, self.collate)
+
+
+@dataclass
+class ValidationSet:
+    """One held-out set, packed like the training rows; `name` keys its metrics (val/<name>/loss)."""
+    name: str
+    rows: datasets.Dataset
 
 
 @dataclass
@@ -77,6 +98,13 @@ class RunSource:
     config: SourceConfig
     paths: tuple[str, ...]
     key: str  # how the config names it, for messages: data.sources[i] or data.paths
+    name: str  # in validation metrics: the config's `name`, else the file name without its extension
+
+
+def source_name(src: SourceConfig) -> str:
+    if src.name is not None:
+        return src.name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(src.path.rstrip("/")).stem) or "source"
 
 
 def image_spec(cfg: DataConfig) -> ImageSpec:
@@ -93,15 +121,19 @@ def run_sources(cfg: DataConfig, data_dir: Path) -> list[RunSource]:
         paths = ([str(_text_corpus_dir(cfg, data_dir) / "train.jsonl")] if cfg.source == "generated"
                  else list(cfg.paths))
         return [RunSource(SourceConfig(kind="text", path=paths[0], text_field=cfg.text_field), tuple(paths),
-                          "data.paths")]
-    return [RunSource(s, (s.path,), f"data.sources[{i}]") for i, s in enumerate(cfg.sources)]
+                          "data.paths", "text")]
+    return [RunSource(s, (s.path,), f"data.sources[{i}]", source_name(s)) for i, s in enumerate(cfg.sources)]
+
+
+def validation_run_sources(cfg: DataConfig) -> list[RunSource]:
+    return [RunSource(s, (s.path,), f"data.validation[{i}]", source_name(s)) for i, s in enumerate(cfg.validation)]
 
 
 def generate_sources(cfg: DataConfig, data_dir: Path) -> None:
     """`data.source=generated`: the text corpus (and for mixtures the shapes image set) the sources point at."""
     if cfg.source != "generated":
         return
-    generate_text_corpus(_text_corpus_dir(cfg, data_dir), cfg.num_documents, cfg.seed, cfg.validation_fraction)
+    generate_text_corpus(_text_corpus_dir(cfg, data_dir), cfg.num_documents, cfg.seed)
     if cfg.kind == "mixture":
         generate_shapes_corpus(data_dir / "generated" / f"shapes-n{cfg.num_images}-s{cfg.seed}", cfg.num_images,
                                cfg.seed)
@@ -131,8 +163,11 @@ def detect_source_format(src: RunSource) -> SourceFormat:
     return detect_format(values, c.kind, c.format, columns, c.text_field, f"{src.key} ({', '.join(src.paths)})")
 
 
-def source_specs(cfg: DataConfig, sources: list[RunSource], log_formats: bool = False) -> tuple[SourceSpec, ...]:
-    """What the pipeline reads and how it encodes each source (formats detected here, logged once)."""
+def source_specs(cfg: DataConfig, sources: list[RunSource], log_formats: bool = False,
+                 holdout: float | None = None) -> tuple[SourceSpec, ...]:
+    """What the pipeline reads and how it encodes each source (formats detected here, logged once). Training
+    sources read all but their held-out fraction (`holdout`, default `data.validation_fraction`)."""
+    holdout = cfg.validation_fraction if holdout is None else holdout
     out = []
     for src in sources:
         fmt = detect_source_format(src)
@@ -145,7 +180,7 @@ def source_specs(cfg: DataConfig, sources: list[RunSource], log_formats: bool = 
                          enable_thinking=cfg.enable_thinking, overlong=cfg.overlong, render_tools=cfg.render_tools,
                          format=fmt.format if c.kind == "chat" else "auto",
                          columns=tuple(sorted(dict(c.columns).items())))
-        out.append(SourceSpec(enc, src.paths, float(c.weight), c.sample_by))
+        out.append(SourceSpec(enc, src.paths, float(c.weight), c.sample_by, holdout))
     return tuple(out)
 
 
@@ -226,9 +261,35 @@ def _stream(cfg: DataConfig, spec: MixtureSpec, tok: PreTrainedTokenizerBase, po
     return StreamingSource(shard_for_rank(mixed, rank, world_size), cfg.seq_len, pad, spec.multimodal, policy)
 
 
+def validation_specs(cfg: DataConfig, sources: list[RunSource], specs: tuple[SourceSpec, ...],
+                     log_formats: bool = False) -> list[tuple[str, SourceSpec]]:
+    """The run's held-out sets by name: each training source's held-out fraction, then the `data.validation`
+    sources (read whole). Names must differ (a clash names both keys)."""
+    named: list[tuple[RunSource, SourceSpec]] = []
+    if cfg.validation_fraction > 0:
+        named += [(src, dataclasses.replace(spec, split="validation")) for src, spec in zip(sources, specs,
+                                                                                             strict=True)]
+    extra = validation_run_sources(cfg)
+    named += list(zip(extra, source_specs(cfg, extra, log_formats, holdout=0.0), strict=True))
+    seen: dict[str, str] = {}
+    for src, _ in named:
+        if src.name in seen:
+            raise BadInput(f"{src.key}: validation name {src.name!r} is also {seen[src.name]}'s; set "
+                             f"{src.key}.name")
+        seen[src.name] = src.key
+    return [(src.name, spec) for src, spec in named]
+
+
+def _validation_mixture(cfg: DataConfig, mode: str, spec: SourceSpec, train: MixtureSpec) -> MixtureSpec:
+    # rows in the training rows' layout (image fields, mrope ids) so the training collator batches them
+    return dataclasses.replace(mixture_spec(cfg, mode, (spec,)), multimodal=train.multimodal)
+
+
 def prepare_data(cfg: DataConfig, hf_config: PretrainedConfig, data_dir: Path, cache_dir: Path, is_main: bool,
-                 barrier: Callable[[], None], rank: int = 0, world_size: int = 1) -> TrainingData:
-    """Collective: call on every rank. The tokenizer, rows (or this rank's stream) and the collator."""
+                 barrier: Callable[[], None], rank: int = 0, world_size: int = 1,
+                 with_validation: bool = False) -> TrainingData:
+    """Collective: call on every rank. The tokenizer, rows (or this rank's stream), the collator, and with
+    `with_validation` the held-out sets."""
     mode = resolve_packing_mode(cfg.packing, hf_config)
     mrope = hf_config.model_type == "qwen3_5_moe"
     if is_main:
@@ -239,21 +300,31 @@ def prepare_data(cfg: DataConfig, hf_config: PretrainedConfig, data_dir: Path, c
         generate_sources(cfg, data_dir)
         specs = source_specs(cfg, sources, log_formats=True)
         tok = source_tokenizer(cfg, specs, data_dir)
+        train_spec = mixture_spec(cfg, mode, specs)
         if not cfg.streaming:
-            build_mixture_dataset(mixture_spec(cfg, mode, specs), tok, cache_dir / "packed",
-                                  BadInputPolicy(cfg.on_error))
+            build_mixture_dataset(train_spec, tok, cache_dir / "packed", BadInputPolicy(cfg.on_error))
+        for name, vspec in validation_specs(cfg, sources, specs, log_formats=True) if with_validation else []:
+            val_policy = BadInputPolicy(cfg.on_error)
+            build_mixture_dataset(_validation_mixture(cfg, mode, vspec, train_spec), tok, cache_dir / "packed",
+                                  val_policy)
+            log.info("validation %s: %s", name, val_policy.summary())
     barrier()
     specs = source_specs(cfg, sources)
     tok = source_tokenizer(cfg, specs, data_dir)
     spec = mixture_spec(cfg, mode, specs)
     collate = Collator(mode, mrope, image_spec(cfg) if spec.multimodal else None)
     files = [p for s in sources for p in s.paths]
+    validation = [ValidationSet(name, datasets.load_from_disk(str(build_mixture_dataset(
+                      _validation_mixture(cfg, mode, vspec, spec), tok, cache_dir / "packed",
+                      BadInputPolicy(cfg.on_error)))))
+                  for name, vspec in (validation_specs(cfg, sources, specs) if with_validation else [])]
     if cfg.streaming:
-        return TrainingData(tok, None, mode, files, collate, policy, _stream(cfg, spec, tok, policy, rank, world_size))
+        return TrainingData(tok, None, mode, files, collate, policy, _stream(cfg, spec, tok, policy, rank, world_size),
+                            validation)
     rows = datasets.load_from_disk(str(build_mixture_dataset(spec, tok, cache_dir / "packed", policy)))
     if is_main:
         policy.log_summary()
-    return TrainingData(tok, rows, mode, files, collate, policy)
+    return TrainingData(tok, rows, mode, files, collate, policy, validation=validation)
 
 
 def build_sft_rows(cfg: DataConfig, tokenizer: PreTrainedTokenizerBase, hf_config: PretrainedConfig,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,10 +118,36 @@ def test_qwen3_5_ties_from_the_top_level_key_and_a_text_only_tie_is_refused():
     ("model.trust_remote_code=true", "model.trust_remote_code=true is refused"),
     ("trainer.micro_batch_size=0", "trainer.micro_batch_size=0 must be >= 1"),
     ("data.length_group_steps=-1", "data.length_group_steps=-1 must be >= 0"),
+    ("data.validation_fraction=1.5", "data.validation_fraction=1.5 must be in"),
+    ("data.validation_max_batches=0", "data.validation_max_batches=0 must be >= 1"),
+    ("trainer.eval_every=-1", "trainer.eval_every=-1 must be >= 0"),
+    ("trainer.eval_every=50", "trainer.eval_every=50 needs held-out data"),
 ])
 def test_bad_values_fail_validation(override, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(".", r"\.")):
         validate(compose([override]), world_size=2)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["trainer.eval_every=15", "data.validation_fraction=0.1"],
+     "trainer.eval_every=15 must be a multiple of logger.log_every=10"),
+    (["data.validation=[{kind:chat,path:x.jsonl}]"], "data.validation[0].kind='chat': data.kind=text reads text"),
+    (["data.validation=[{kind:text,path:/no/such.jsonl}]", "data.source=files", "data.paths=[pyproject.toml]"],
+     "data.validation[0].path='/no/such.jsonl' does not exist"),
+    (["data.validation=[{kind:text,path:x.jsonl,name:'a/b'}]"], "data.validation[0].name='a/b': letters"),
+])
+def test_bad_validation_settings_name_the_key(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate(compose(overrides), world_size=1)
+
+
+def test_validation_keys_are_typed():
+    with pytest.raises(ConfigCompositionException) as err:
+        compose(["data.validaton_fraction=0.1"])
+    assert "validaton_fraction" in str(err.value.__cause__ or err.value)
+    with pytest.raises(ConfigCompositionException) as err:
+        compose(["data.validation=[{kind:text,path:x.jsonl,weigth:2}]"])
+    assert "weigth" in str(err.value.__cause__ or err.value)
 
 
 def test_length_grouping_of_a_stream_is_refused():

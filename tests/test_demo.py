@@ -48,6 +48,9 @@ def test_report_has_the_promised_numbers(demo):
             assert report[prefix][key] is not None, (prefix, key)
     for stage in ("pretrain", "sft"):
         assert report["stages"][stage]["tokens_per_s"] > 0 and report["stages"][stage]["wall_s"] > 0
+        assert report["stages"][stage]["final_val_loss"] is not None, stage  # the demo's configs validate
+    assert set(report["stages"]["pretrain"]["final_val_loss_by_set"]) == {"text", "image_text"}
+    assert set(report["stages"]["sft"]["final_val_loss_by_set"]) == {"dialogs", "image_qa"}
     md = (root / "report" / "report.md").read_text()
     pngs = sorted(p.name for p in (root / "report").glob("*.png"))
     assert pngs and all(name in md for name in pngs)

@@ -290,3 +290,28 @@ def test_log_loss_axis_labels_do_not_overlap(tmp_path, high, low):
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+def test_validation_loss_is_plotted_beside_the_training_loss(tmp_path):
+    """A run that evaluated held-out sets every 2 steps: report.json has the last validation losses and their cost,
+    report.md names them, and its loss plot draws them (in C3, a colour the training curves do not use)."""
+    records = [_record(s, s, 4.0 - 0.3 * s, 500.0, 0.1) for s in range(1, 7)]
+    for s, r in zip(range(1, 7), records, strict=True):
+        if s % 2 == 0:
+            r.update({"val/loss": 4.2 - 0.2 * s, "val/lm_loss": 4.1 - 0.2 * s, "val/dialogs/loss": 4.0 - 0.2 * s,
+                      "val/image_qa/loss": 4.4 - 0.2 * s, "val/seconds": 1.0 + s, "val/tokens": 100})
+    with_val = _write_run(tmp_path / "with", _config("sft", "qwen3_5_moe", None, 6), records)
+    without = _write_run(tmp_path / "without", _config("sft", "qwen3_5_moe", None, 6),
+                         [{k: v for k, v in r.items() if not k.startswith("val/")} for r in records])
+    numbers = build_report(tmp_path / "report", {"with": with_val, "without": without}, {}, None)
+    stage = numbers["stages"]["with"]
+    assert stage["final_val_loss"] == pytest.approx(3.0) and stage["final_val_lm_loss"] == pytest.approx(2.9)
+    assert stage["final_val_loss_by_set"] == {"dialogs": pytest.approx(2.8), "image_qa": pytest.approx(3.2)}
+    assert stage["evaluations"] == 3 and stage["val_seconds"] == pytest.approx(5.0)
+    assert numbers["stages"]["without"]["final_val_loss"] is None
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "validation loss 3.000 (dialogs 2.800, image_qa 3.200; 3 evaluations of 5.0 s)" in md
+    red = np.array([0xD6, 0x27, 0x28])
+    drawn = {name: int((np.abs(_image(tmp_path / "report" / f"loss_{name}.png").astype(int) - red).sum(axis=2)
+                        < 10).sum()) for name in ("with", "without")}
+    assert drawn["with"] > 200 and drawn["without"] == 0, drawn

@@ -143,6 +143,9 @@ class TrainerConfig:
     # max_nonfinite_skips times in this process, then stop.
     nonfinite: str = "stop"
     max_nonfinite_skips: int = 0
+    # Validation loss on the held-out sets (data.validation, data.validation_fraction) every this many steps and
+    # at the last step; a multiple of logger.log_every, since it is logged with that step's record. 0: off.
+    eval_every: int = 0
 
 
 @dataclass
@@ -258,6 +261,7 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
     _choice("loss.balance", cfg.loss.balance, BALANCE_MODES)
     if cfg.trainer.max_nonfinite_skips < 0:
         raise ValueError(f"trainer.max_nonfinite_skips={cfg.trainer.max_nonfinite_skips} must be >= 0")
+    _validate_eval(cfg)
     if cfg.run_name in ("", ".", "..") or "/" in cfg.run_name or os.sep in cfg.run_name:
         raise ValueError(f"run_name={cfg.run_name!r} must be a plain folder name: runs go to "
                          f"{cfg.paths.runs_dir}/<run_name> and may not escape it")
@@ -292,6 +296,20 @@ def validate(cfg: PretrainConfig | DictConfig, world_size: int | None = None) ->
         raise ValueError(f"optim.grad_clip={cfg.optim.grad_clip} must be >= 0 (0 disables clipping)")
     if cfg.optim.embedding_lr_scale < 0:
         raise ValueError(f"optim.embedding_lr_scale={cfg.optim.embedding_lr_scale} must be >= 0")
+
+
+def _validate_eval(cfg: PretrainConfig | DictConfig) -> None:
+    every = cfg.trainer.eval_every
+    if every < 0:
+        raise ValueError(f"trainer.eval_every={every} must be >= 0 (0 disables validation)")
+    if every == 0:
+        return
+    if every % cfg.logger.log_every != 0:
+        raise ValueError(f"trainer.eval_every={every} must be a multiple of logger.log_every={cfg.logger.log_every}: "
+                         "validation metrics are logged with that step's record")
+    if not cfg.data.validation and cfg.data.validation_fraction == 0:
+        raise ValueError(f"trainer.eval_every={every} needs held-out data: data.validation sources or "
+                         "data.validation_fraction > 0")
 
 
 def _validate_lora(cfg: PretrainConfig | DictConfig) -> None:

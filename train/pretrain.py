@@ -62,7 +62,8 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         (run_dir / "config.json").write_text(json.dumps(redact_config(to_container(cfg)), indent=2))
 
     data = prepare_data(cfg.data, probe, Path(cfg.paths.data_dir), Path(cfg.paths.cache_dir),
-                        dist_info.is_main, barrier, dist_info.rank, dist_info.world_size)
+                        dist_info.is_main, barrier, dist_info.rank, dist_info.world_size,
+                        with_validation=cfg.trainer.eval_every > 0)
     vocab = None if cfg.model.init_from else _pad_vocab(len(data.tokenizer))
     hf_config = build_hf_config(cfg.model, vocab_size=vocab)
     if hf_config.get_text_config().vocab_size < len(data.tokenizer):
@@ -92,6 +93,8 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
 
     batches = data.batches(cfg.trainer.micro_batch_size, cfg.trainer.grad_accum_steps, dist_info.rank,
                            dist_info.world_size, cfg.data.seed, cfg.data.length_group_steps)
+    validation = (data.validation_batches(cfg.trainer.micro_batch_size, dist_info.rank, dist_info.world_size,
+                                          cfg.data.validation_max_batches) if cfg.trainer.eval_every > 0 else None)
     start_step, wandb_id = 0, None
     if plan is not None:
         rank_state = checkpointer.load(engine, plan)
@@ -121,7 +124,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         top_k=text.num_experts_per_tok, flops=training_flops(hf_config, cfg.data.seq_len, cfg.model.mtp_layers),
         peak_tflops=device_peak_tflops(cfg.trainer.peak_tflops_per_device),
         nonfinite=cfg.trainer.nonfinite, max_nonfinite_skips=cfg.trainer.max_nonfinite_skips,
-        mtp_coef=cfg.loss.mtp_coef,
+        mtp_coef=cfg.loss.mtp_coef, eval_every=cfg.trainer.eval_every,
         meta={"topology": topology.as_dict(), "family": cfg.model.family}, memory=peak_memory,
     )
     # the MTP layer, when there is one, is the last row of the per-layer expert load
@@ -130,7 +133,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
     try:
         monitor = CollapseMonitor(cfg.logger.collapse_dead_windows, cfg.logger.collapse_max_imbalance)
         result = train_loop(engine, batches, settings, metrics, checkpointer, expert_load, monitor, start_step,
-                            dist_info.device)
+                            dist_info.device, validation)
         summary = _summary_event(cfg, metrics, run_dir, result["step"], prediction)
         metrics.summary({**{k: v for k, v in result.items() if not k.startswith("expert/per_layer")}, **summary})
         if data.policy is not None and dist_info.is_main:

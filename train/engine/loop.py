@@ -1,4 +1,4 @@
-"""The step loop: lr -> micro-steps (forward, losses, backward) -> step -> log -> checkpoint.
+"""The step loop: lr -> micro-steps (forward, losses, backward) -> step -> validation -> log -> checkpoint.
 
 Everything else (schedule, losses, metrics, checkpoints, data position) is a thing this loop calls.
 """
@@ -23,6 +23,7 @@ from train.engine.losses import labelled_logit_positions, moe_losses, touch_unus
 from train.engine.lr_schedule import get_lr
 from train.engine.mtp_loss import MtpObjective
 from train.engine.nonfinite import NonFinitePolicy
+from train.engine.validation import ValidationSettings, evaluate
 from train.metrics.expert_load import CollapseMonitor, ExpertLoad
 from train.metrics.logger import MetricsLogger
 from train.metrics.throughput import TrainingFlops
@@ -51,6 +52,7 @@ class LoopSettings:
     nonfinite: str = "stop"
     max_nonfinite_skips: int = 0
     mtp_coef: float = 0.0  # > 0: the model has `model.mtp` (multi-token prediction) and its loss is added
+    eval_every: int = 0  # validation every this many steps and at the last one (a multiple of log_every); 0: off
     meta: dict[str, Any] = field(default_factory=dict)
     memory: Any = None  # train.metrics.memory.PeakMemory: the peak each rank adds above its baseline
 
@@ -88,16 +90,19 @@ def _peak_added_gib(memory, device: torch.device, world: int) -> float | None:
 
 def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, checkpointer: Checkpointer,
                expert_load: ExpertLoad, collapse_monitor: CollapseMonitor, start_step: int,
-               device: torch.device) -> dict[str, Any]:
-    """Run from `start_step` to `max_steps` (or until stopped); returns the last logged metrics."""
+               device: torch.device, validation=None) -> dict[str, Any]:
+    """Run from `start_step` to `max_steps` (or until stopped); returns the last logged metrics.
+
+    `validation` (data_pipelines.loader.HeldOutBatches) is evaluated every `eval_every` steps when given."""
     s = settings
     stop = StopRequest()
     nonfinite = NonFinitePolicy(s.nonfinite, s.max_nonfinite_skips)
     world = dist.get_world_size() if dist.is_initialized() else 1
     step = start_step
     steps_this_run = 0
-    window_tokens, window_logits, window_t0 = 0, 0, time.perf_counter()
+    window_tokens, window_logits, window_t0, window_eval_s = 0, 0, time.perf_counter(), 0.0
     last: dict[str, Any] = {}
+    val_settings = ValidationSettings(s.num_experts, s.top_k, s.aux_coef, s.z_coef)
     vision = vision_parameters(engine.module)
     balance = LoadBalancingLoss(s.balance, s.num_experts, s.top_k)
     mtp = MtpObjective(engine.module) if s.mtp_coef else None
@@ -149,8 +154,12 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
             rows = bad_rows if reduced[4] > 0 else [r for mb in micro_batches for r in mb.get("rows", [])]
             nonfinite.handle(step, int(reduced[4]), applied=bool(reduced[6] == 0), rows=rows)
         mean = reduced[:4] / (world * len(micro_batches))
+        val: dict[str, float] = {}
+        if validation is not None and s.eval_every and (step % s.eval_every == 0 or step == s.max_steps):
+            val = evaluate(engine, validation, val_settings, device)
+            window_eval_s += val["val/seconds"]
         if step % s.log_every == 0 or step == s.max_steps:
-            elapsed = time.perf_counter() - window_t0
+            elapsed = time.perf_counter() - window_t0 - window_eval_s  # throughput of training alone
             # rows differ in length after trimming, and in labelled positions
             counts = torch.tensor([float(window_tokens), float(window_logits)], dtype=torch.float64, device=device)
             if world > 1:
@@ -174,13 +183,14 @@ def train_loop(engine, batches, settings: LoopSettings, metrics: MetricsLogger, 
             last["mfu"] = last["tflops_per_device"] / s.peak_tflops
             if mtp is not None:
                 last["mtp_loss"] = float(reduced[7] / (world * len(micro_batches)))
+            last.update(val)
             last.update(expert_load.reduce_and_reset(device))
             collapse = collapse_monitor.check(last)
             last["expert/collapse_warnings"] = len(collapse)
             for warning in collapse if metrics.enabled else []:
                 log.warning("expert collapse at step %d: %s", step, warning)
             metrics.log(step, last)
-            window_tokens, window_logits, window_t0 = 0, 0, time.perf_counter()
+            window_tokens, window_logits, window_t0, window_eval_s = 0, 0, time.perf_counter(), 0.0
         stopping = bool(reduced[5] > 0) or (s.stop_after_steps is not None and steps_this_run >= s.stop_after_steps)
         if step % s.checkpoint_every == 0 or step == s.max_steps or stopping:
             meta = {**s.meta, "data": batches.state_dict(), "wandb_id": metrics.wandb_id}

@@ -97,6 +97,10 @@ class MetricsLogger:
             parts.append(f"mfu {100 * m['mfu']:.1f}%")
         if "expert/imbalance_max" in m:
             parts.append(f"imb {m['expert/imbalance_max']:.2f} dead {m['expert/dead']}")
+        if "val/loss" in m:
+            per_set = ", ".join(f"{k[4:-5]} {v:.4f}" for k, v in m.items()
+                                if k.startswith("val/") and k.endswith("/loss") and k != "val/loss")
+            parts.append(f"val {m['val/loss']:.4f} ({per_set}; {m['val/seconds']:.1f} s)")
         print(" | ".join(parts) + eta, file=sys.stderr, flush=True)
 
     def _wandb(self, method: str, *args, **kwargs) -> None:

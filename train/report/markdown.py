@@ -72,6 +72,13 @@ def _headline(numbers: dict[str, Any], eval_names: list[str]) -> list[str]:
     out += ["Wall time of each step of the pipeline, with the training stages' throughput:", ""]
     out += _table(["stage", "wall time", "steps", "tokens/s", "MFU", "final loss"], rows)
     out += ["", f"Total wall time: {_seconds(numbers['total_wall_s'])}.", ""]
+    validated = [(name, s) for name, s in stages.items() if s.get("final_val_loss") is not None]
+    for name, s in validated:
+        by_set = ", ".join(f"{k} {format_value(v)}" for k, v in s["final_val_loss_by_set"].items())
+        out.append(f"- `{name}`: validation loss {format_value(s['final_val_loss'])} ({by_set}; {s['evaluations']} "
+                   f"evaluations of {s['val_seconds']:.1f} s)")
+    if validated:
+        out.append("")
     return out
 
 
@@ -116,12 +123,12 @@ def render(numbers: dict[str, Any], eval_names: list[str], score_rows: list[tupl
 
     out += ["## What ran", ""]
     out += _table(["stage", "run dir", "steps", "resumes", "wall time", "tokens/s", "MFU", "first loss",
-                   "final loss", "dead experts (end)"],
+                   "final loss", "final val loss", "dead experts (end)"],
                   [[f"`{n}`", f"`{s['run_dir']}`", s["steps"], s["resumes"], _seconds(s["wall_s"]),
                     _rate(s["tokens_per_s"]), _percent(s["mfu"]), s["first_loss"], s["final_loss"],
-                    s["dead_experts_final"]] for n, s in stages.items()])
+                    s.get("final_val_loss"), s["dead_experts_final"]] for n, s in stages.items()])
     out += ["", "tokens/s and MFU are means over the logged steps, without the first window of each process "
-            "start (it includes start-up).", ""]
+            "start (it includes start-up) and without the time spent on validation.", ""]
     config_keys = list(dict.fromkeys(k for s in stages.values() for k in s["config"]))
     if config_keys:
         out += ["Key configuration (from each run's `config.json`):", ""]

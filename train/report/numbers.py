@@ -80,7 +80,22 @@ def stage_numbers(stage: StageRun, wall_s: float | None) -> dict[str, Any]:
         "dead_experts_final": int(last["expert/dead"]) if "expert/dead" in last else None,
         "dead_experts_final_per_layer": list(per_layer["dead"]) if per_layer and "dead" in per_layer else None,
         "imbalance_max_final": _finite(last.get("expert/imbalance_max")),
+        **validation_numbers(stage),
         "config": key_config(stage.config),
+    }
+
+
+def validation_numbers(stage: StageRun) -> dict[str, Any]:
+    """The last validation loss (total, lm, per held-out set), how many evaluations ran and their mean cost."""
+    val = [r for r in stage.latest_by_step() if "val/loss" in r]
+    last = val[-1] if val else {}
+    return {
+        "final_val_loss": _finite(last.get("val/loss")),
+        "final_val_lm_loss": _finite(last.get("val/lm_loss")),
+        "final_val_loss_by_set": {k[4:-5]: _finite(v) for k, v in last.items()
+                                  if k.startswith("val/") and k.endswith("/loss") and k != "val/loss"},
+        "evaluations": len(val),
+        "val_seconds": _mean([_finite(r.get("val/seconds")) for r in val]),
     }
 
 

@@ -1,4 +1,4 @@
-"""PNG figures of the report (matplotlib, Agg): loss per stage with resumes marked, expert load over time per
+"""PNG figures of the report (matplotlib, Agg): training and validation loss per stage with resumes marked, expert load over time per
 stage, throughput and MFU over steps, and the score table as an image."""
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def plot_loss(stage: StageRun, path: Path) -> None:
 
 
 def loss_figure(stage: StageRun):
-    """Total loss and lm_loss against step; each process start is its own line piece, resumes are marked. The y
-    axis turns logarithmic once the loss spans more than a factor of 10."""
+    """Total loss and lm_loss against step, and the validation loss (total, and per held-out set when there are
+    several) where the run evaluated it; each process start is its own line piece, resumes are marked. The y axis
+    turns logarithmic once the loss spans more than a factor of 10."""
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     for i, seg in enumerate(stage.segments):
         steps = [r["step"] for r in seg]
@@ -55,20 +56,36 @@ def loss_figure(stage: StageRun):
                 label="total loss" if i == 0 else None)
         ax.plot(steps, [_nan(r["lm_loss"]) for r in seg], color="C1", linestyle="--",
                 label="lm_loss" if i == 0 else None)
+    val = stage.latest_by_step()
+    val = [r for r in val if "val/loss" in r]
+    if val:
+        steps = [r["step"] for r in val]
+        ax.plot(steps, [_nan(r["val/loss"]) for r in val], color="C3", marker="o", label="validation loss")
+        names = validation_set_names(val)
+        for j, name in enumerate(names if len(names) > 1 else []):
+            ax.plot(steps, [_nan(r.get(f"val/{name}/loss")) for r in val], color=f"C{4 + j % 6}", marker="x",
+                    linestyle=":", linewidth=1, label=f"validation: {name}")
     for i, step in enumerate(stage.resume_steps):
         ax.axvline(step, color="0.4", linestyle=":", linewidth=1.2, label="resume" if i == 0 else None)
         ax.annotate(f"resume @ {step}", (step, 1.0), xycoords=("data", "axes fraction"), rotation=90,
                     va="top", ha="right", fontsize=8, color="0.3")
-    losses = [v for r in stage.records for v in (_nan(r["loss"]), _nan(r["lm_loss"])) if v > 0]
+    losses = [v for r in stage.records for v in (_nan(r["loss"]), _nan(r["lm_loss"]), _nan(r.get("val/loss")))
+              if v > 0]
     if losses and max(losses) / min(losses) > 10:
         _log_loss_axis(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
-    ax.set_title(f"{stage.name}: training loss")
+    ax.set_title(f"{stage.name}: training loss" + (" and validation loss" if val else ""))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def validation_set_names(records: list[dict[str, Any]]) -> list[str]:
+    """The held-out sets with a `val/<name>/loss` in these records, in first-seen order."""
+    names = [k[4:-5] for r in records for k in r if k.startswith("val/") and k.endswith("/loss") and k != "val/loss"]
+    return list(dict.fromkeys(names))
 
 
 def _layer_selection(num_layers: int) -> list[int]:
