@@ -43,6 +43,7 @@ def test_validation_metrics_reach_every_sink(tmp_path, capsys):
     logger.log(2, row)
     logger.close()
     (record,) = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert record.pop("time") > 0  # every record carries its wall-clock time (the ledger's)
     assert record == {"step": 2, **row}
     assert logger.wandb_run.logged == [(2, row)]
     assert "| val 2.1000 (dialogs 1.9876, image_qa 2.5012; 3.1 s)" in capsys.readouterr().err
