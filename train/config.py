@@ -347,6 +347,10 @@ def _validate_mtp(cfg: PretrainConfig | DictConfig) -> None:
     if layers and cfg.model.lora.enabled:
         raise ValueError("model.mtp_layers with model.lora.enabled=true is not supported yet: LoRA freezes every base "
                          "weight, the MTP layer's included; train it in a full fine-tune")
+    if layers and cfg.deepspeed.zero_stage == 3:
+        raise ValueError("model.mtp_layers with deepspeed.zero_stage=3 is not supported yet: the MTP layer runs after "
+                         "the engine's forward, and ZeRO-3 has released parameters it needs in backward (gradients "
+                         "of the partitioned size 0); use ZeRO stage 1 or 2")
 
 
 def to_container(cfg: PretrainConfig | DictConfig) -> dict:

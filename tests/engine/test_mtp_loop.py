@@ -117,9 +117,9 @@ def test_without_mtp_the_loop_logs_exactly_the_reference_loops_losses(tmp_path):
     assert [(m["loss"], m["lm_loss"]) for m in logged] == expected
 
 
-@pytest.mark.parametrize("zero", ["zero1", "zero3"])
+@pytest.mark.parametrize("zero", ["zero1", "zero2"])
 def test_with_mtp_the_loop_adds_the_weighted_mtp_loss_and_logs_it(tmp_path, zero):
-    """Under ZeRO-3 too: the MTP module and the shared head run outside the engine's forward, on gathered weights."""
+    """ZeRO-1 and 2 (ZeRO-3 is refused by validation: tests/models/test_mtp.py)."""
     from train.engine.losses import labelled_logit_positions, moe_losses
     from train.engine.mtp_loss import MtpObjective
 

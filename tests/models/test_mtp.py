@@ -263,6 +263,7 @@ def test_mtp_tensors_without_model_mtp_layers_are_left_for_the_export(tmp_path):
     (["loss.mtp_coef=0.3"], r"loss.mtp_coef=0.3 needs model.mtp_layers=1"),
     (["model.mtp_layers=1", "loss.mtp_coef=-1"], r"loss.mtp_coef=-1.0 must be >= 0"),
     (["model.mtp_layers=1", "loss.mtp_coef=0.3", "model.lora.enabled=true"], r"model.lora.enabled=true is not supported"),
+    (["model.mtp_layers=1", "loss.mtp_coef=0.3", "deepspeed=zero3"], r"deepspeed.zero_stage=3 is not supported"),
 ])
 def test_bad_mtp_settings_are_refused_by_key(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -17,7 +17,8 @@ gradient equal upstream's up to float32 rounding: bitwise on the CPU this was wr
 ulp (6e-8 on logits) on an AMD EPYC whose GEMM rounds unpadded and padded row counts differently
 (tests/models/test_autoep_local_experts.py); parity with
 transformers is therefore that of upstream (tests/engine/test_autoep_matches_transformers.py).
-Every other case (EP>1, DeepEP, folding, pre-scoring, Triton GEMM) runs upstream's `_forward` unchanged.
+Every other case (EP>1, DeepEP, folding, pre-scoring, Triton GEMM, experts partitioned by ZeRO-3) runs upstream's
+`_forward` unchanged.
 
 Remove when: AutoEP's EP=1 CPU path stops padding and calls a contiguous-weight grouped GEMM; the test
 `test_upstream_still_pads_expert_rows_on_cpu` fails at that point.
@@ -139,7 +140,10 @@ def _eligible(layer: nn.Module) -> bool:
     experts = layer.experts
     return (layer.ep_size == 1 and layer.comm_backend == COMM_BACKEND and layer.folding_group_handles is None
             and layer.score_apply == "post" and layer.combine_impl == "weighted_sum"
-            and experts.activation == "swiglu" and not experts.use_triton_grouped_mm)
+            and experts.activation == "swiglu" and not experts.use_triton_grouped_mm
+            # ZeRO-3 partitions w1/w2/w3 (`ds_id`) and gathers them only around the experts module's own forward,
+            # which this path does not call: such layers keep upstream's path
+            and not hasattr(experts.w1, "ds_id"))
 
 
 def use_local_experts(model: nn.Module, impl: str) -> int:
