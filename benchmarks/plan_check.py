@@ -1,9 +1,9 @@
 """Peak memory predicted by train.plan against short real runs on this CPU, per rank, above the process baseline.
 
-    .venv/bin/python -m benchmarks.plan_check                 # every point (about an hour on 2 busy cores)
+    .venv/bin/python -m benchmarks.plan_check                 # every point (about 2 hours on 2 busy cores)
     .venv/bin/python -m benchmarks.plan_check --only q3_ep2_z2_ckpt_mb8,q35_ep1_z1_mb8
 
-Each point is `train.pretrain` for 4 steps on 2 processes (torchrun, gloo) with a Qwen3-MoE of 58M parameters
+Each point is `train.pretrain` for 4 steps on 2 processes (torchrun, gloo) with a Qwen3-MoE of 54M parameters
 (hidden 512, 4 layers, 32 experts of width 256, top-2, vocabulary 4096; or a Qwen3.5-MoE of the same width with
 Gated DeltaNet) at sequence length 512: its model states (16 bytes per parameter, fp32) and activations (up to
 0.8 GiB at micro-batch 8) dominate what a rank adds, so the ~1 GiB that torch and DeepSpeed hold after import

@@ -54,3 +54,27 @@ def test_damaged_checkpoint_is_named_before_anything_is_unpickled(tmp_path):
     victim.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=rf"is damaged:\n  {re.escape(str(victim))}: sha256 differs"):
         open_source(step)
+
+
+def test_the_plan_a_run_records_beside_its_config_is_not_read_as_config(tmp_path):
+    """train.pretrain writes train.plan's prediction into config.json under `plan`; verify=true merges the run's
+    config into PretrainConfig, where `plan` is no key."""
+    from omegaconf import OmegaConf
+
+    from train.checkpoint.hf_export import open_source
+    from train.config import PretrainConfig, to_container
+    from train.plan.planner import make_plan
+
+    cfg = compose(["experiment=ci_tiny"])
+    step = tmp_path / "run" / "checkpoints" / "step_00000001"
+    step.mkdir(parents=True)
+    (step / "COMPLETE").write_text("ok\n")
+    (step / "meta.json").write_text(json.dumps({"step": 1, "family": "qwen3_moe"}))
+    recorded = {**to_container(cfg), "plan": make_plan(cfg, 1, suggest=False).as_dict()}
+    (tmp_path / "run" / "config.json").write_text(json.dumps(recorded))
+    (tmp_path / "run" / "tokenizer").mkdir()
+    (tmp_path / "run" / "tokenizer" / "tokenizer_config.json").write_text("{}")
+    source = open_source(step, check_files=False)
+    assert "plan" not in source.run_config and source.run_config["model"] == recorded["model"]
+    merged = OmegaConf.merge(OmegaConf.structured(PretrainConfig), source.run_config)
+    assert merged.trainer.max_steps == cfg.trainer.max_steps

@@ -81,7 +81,9 @@ def open_source(ckpt_dir: str | Path, check_files: bool = True) -> ExportSource:
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         raise ValueError(f"{cfg_path}: missing; the run's resolved config describes the model")
-    source = ExportSource(ckpt, run_dir, json.loads(meta_path.read_text()), json.loads(cfg_path.read_text()))
+    run_config = json.loads(cfg_path.read_text())
+    run_config.pop("plan", None)  # the prediction train.plan wrote beside the config (train/pretrain.py), no key of it
+    source = ExportSource(ckpt, run_dir, json.loads(meta_path.read_text()), run_config)
     if not (source.tokenizer_dir / "tokenizer_config.json").exists():
         raise ValueError(f"{source.tokenizer_dir}: the run's tokenizer is missing")
     return source

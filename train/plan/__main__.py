@@ -21,6 +21,11 @@ from train.config import register_configs
 
 register_configs()
 _OPTIONS = {"check": False, "json": None}
+# Hydra's flags that take a value (`--info` only with one of its choices), so overrides can be told from values
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                "-cd", "--experimental-rerun"}
+_INFO_CHOICES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+_QUIET = ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"]
 
 
 def _take_options(argv: list[str]) -> list[str]:
@@ -37,6 +42,22 @@ def _take_options(argv: list[str]) -> list[str]:
         else:
             rest.append(arg)
     return rest
+
+
+def _hydra_argv(args: list[str]) -> list[str]:
+    """Hydra's flags first, then the user's overrides and ours: Hydra reads its overrides as one run of positional
+    arguments, so ours appended after `--cfg job` would be refused."""
+    flags, overrides = [], []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _VALUE_FLAGS or (arg in ("--info", "-i") and i + 1 < len(args) and args[i + 1] in _INFO_CHOICES):
+            flags += args[i:i + 2]
+            i += 2
+            continue
+        (flags if arg.startswith("-") else overrides).append(arg)
+        i += 1
+    return [*flags, *overrides, *_QUIET]
 
 
 @hydra.main(config_path="../../configs", config_name="pretrain", version_base="1.3")
@@ -58,6 +79,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *_take_options(sys.argv[1:]), "hydra.run.dir=.", "hydra.output_subdir=null",
-                "hydra/job_logging=none", "hydra/hydra_logging=none"]
+    sys.argv = [sys.argv[0], *_hydra_argv(_take_options(sys.argv[1:]))]
     main()

@@ -9,9 +9,10 @@ checked phase by phase on this CPU, benchmarks/plan_check.py):
   groups over the expert-data-parallel group (world / ep_size). Gradients end in the partition's buffer; with
   `overlap_comm` they pass two `reduce_bucket_size` buckets during backward (one without), which a GPU
   allocates in full.
-- stage 3: parameters, master weights, moments and a gradient buffer (model dtype) partitioned, plus an fp32
-  gradient buffer of the largest sub-group (`sub_group_size`, 1e9); the forward gathers layers and keeps them
-  while `stage3_max_live_parameters` (1e9 elements) allows, so up to that many are whole at once.
+- stage 3: parameters, master weights, moments and a gradient buffer (model dtype) partitioned; the step makes
+  each sub-group's fp32 gradient (`sub_group_size`, 1e9; `_prepare_fp32_grad_for_sub_group`) and frees it after
+  (`_release_sub_group`), so backward does not hold it; the forward gathers layers and keeps them while
+  `stage3_max_live_parameters` (1e9 elements) allows, so up to that many are whole at once.
 - step: per optimizer group the gradient partition is flattened and cast to fp32 and Adam (torch foreach) makes
   a square-root buffer of its size (8 bytes per element of the largest group; DeepSpeed splits expert groups
   into chunks of 178,956,971 elements, deepspeed/moe/utils.py; dense groups stay whole).
@@ -33,7 +34,7 @@ MOE_GROUP_MAX = 178_956_971  # deepspeed.moe.utils.split_params_into_different_m
 ZERO3_MAX_LIVE = 1_000_000_000  # stage3_max_live_parameters (DeepSpeed's default; we do not change it)
 ZERO3_SUB_GROUP = 1_000_000_000  # sub_group_size
 STEP_TEMP_BYTES = 8  # per element of the largest group partition: flattened/fp32 gradient + Adam's sqrt buffer
-ZERO3_STEP_TEMP_BYTES = 10  # the same under stage 3 (measured on this CPU: 10.4)
+ZERO3_STEP_TEMP_BYTES = 10  # stage 3: beside the sub-group's fp32 gradient (measured on this CPU: 10.4)
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def memory_plan(inv: Inventory, layout: Layout, act: ActivationBytes, checkpoint
     items["fp32 master weights"] = part * FP32 if layout.zero_stage > 0 or e != FP32 else 0.0
     items["Adam moments"] = 2 * FP32 * part
     if layout.zero_stage == 3:
-        items["gradient partition"] = part * e + min(part, ZERO3_SUB_GROUP) * FP32
+        items["gradient partition"] = part * e
     static = sum(items.values())
 
     touched = min(layout.reduce_bucket_size, n_train)  # a bucket's elements that gradients pass through
@@ -157,7 +158,8 @@ def memory_plan(inv: Inventory, layout: Layout, act: ActivationBytes, checkpoint
         bwd_grads = n_train * e
         end_grads = n_train * e - (touched * e if layout.lazy_pages else 0.0) + bucket + comm_temp + partition_grads
         step_grads = partition_grads
-    step_temp = (ZERO3_STEP_TEMP_BYTES * min(part, ZERO3_SUB_GROUP) if layout.zero_stage == 3
+    # stage 3's step: the sub-group's fp32 gradient (made and freed by the step) and Adam's temporaries
+    step_temp = ((FP32 + ZERO3_STEP_TEMP_BYTES) * min(part, ZERO3_SUB_GROUP) if layout.zero_stage == 3
                  else STEP_TEMP_BYTES * largest_group_partition(inv, layout))
 
     during = static + live + all_to_all
