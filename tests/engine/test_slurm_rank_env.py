@@ -109,7 +109,8 @@ def test_entry_points_take_rank_and_world_size_from_a_slurm_task(entry, tmp_path
     world, model = tmp_path / "world", tmp_path / "model"
     for part in ("dialogs", "image_qa"):
         (world / part).mkdir(parents=True)
-        (world / part / "train.jsonl").write_text("")
+        for split in ("train", "validation"):  # the demo's SFT config trains and validates on the world's files
+            (world / part / f"{split}.jsonl").write_text("")
     model.mkdir()
     (model / "config.json").write_text("{}")
     experiment = ["experiment=ci_tiny"] if entry == "train.pretrain" else [
