@@ -127,7 +127,8 @@ def test_submit_checks_sft_and_export_jobs_with_their_own_validate(cluster, tmp_
     world, model = tmp_path / "world", tmp_path / "model"
     for part in ("dialogs", "image_qa"):
         (world / part).mkdir(parents=True)
-        (world / part / "train.jsonl").write_text("")
+        for split in ("train", "validation"):  # the demo's SFT config trains and validates on the world's files
+            (world / part / f"{split}.jsonl").write_text("")
     model.mkdir()
     (model / "config.json").write_text("{}")
     _refused("slurm/sft.sbatch", ["experiment=sft_commerce_tiny", f"model.init_from={model}",
