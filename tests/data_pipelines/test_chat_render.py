@@ -11,6 +11,7 @@ from data_pipelines.chat_format import normalize_dialog
 from data_pipelines.chat_render import chat_template_text, render_dialog
 from data_pipelines.packing import IGNORE_INDEX
 from data_pipelines.tokenizer import train_bpe_tokenizer
+from tests.data_pipelines.loss_spans import loss_spans
 
 TOOL = {"type": "function", "function": {"name": "search", "description": "Find shops",
                                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
@@ -50,17 +51,7 @@ def _samples(tok, dialog=DIALOG, seq_len=4096, thinking=False, overlong="split")
 
 
 def _loss_spans(tok, sample) -> list[str]:
-    spans, cur = [], []
-    for t, lab in zip(sample.input_ids, sample.labels, strict=True):
-        if lab != IGNORE_INDEX:
-            assert lab == t
-            cur.append(t)
-        elif cur:
-            spans.append(tok.decode(cur))
-            cur = []
-    if cur:
-        spans.append(tok.decode(cur))
-    return spans
+    return loss_spans(tok, sample.input_ids, sample.labels)
 
 
 def _system_qwen3_5() -> str:

@@ -20,6 +20,7 @@ from data_pipelines.packing import IGNORE_INDEX
 from data_pipelines.tokenizer import train_bpe_tokenizer
 from data_pipelines.training_data import detect_source_format, run_sources, source_specs
 from tests.data_pipelines import format_files as ff
+from tests.data_pipelines.loss_spans import loss_spans
 
 IM_END = "<|im_end|>"
 VISION = "<|vision_start|>{}<|vision_end|>"
@@ -48,18 +49,8 @@ def encode(tok, path, kind: str = "chat", policy: BadInputPolicy | None = None, 
     return list(encode_source(spec, tok, policy or BadInputPolicy("raise"), 0))
 
 
-def loss_spans(tok, sample) -> list[str]:
-    spans, cur = [], []
-    for t, lab in zip(sample["input_ids"], sample["labels"], strict=True):
-        if lab != IGNORE_INDEX:
-            assert lab == t
-            cur.append(t)
-        elif cur:
-            spans.append(tok.decode(cur))
-            cur = []
-    if cur:
-        spans.append(tok.decode(cur))
-    return spans
+def spans(tok, sample) -> list[str]:
+    return loss_spans(tok, sample["input_ids"], sample["labels"])
 
 
 def text(tok, sample) -> str:
@@ -90,13 +81,13 @@ def test_alpaca_with_system_and_history(tok, files):
     first, second = encode(tok, files["alpaca"])
     assert text(tok, first) == ("<|im_start|>user\nName the cheapest milk tea.\nA: 18 yuan, B: 12 yuan<|im_end|>\n"
                                 "<|im_start|>assistant\nB, at 12 yuan.<|im_end|>\n")
-    assert loss_spans(tok, first) == ["B, at 12 yuan.<|im_end|>"]
+    assert spans(tok, first) == ["B, at 12 yuan.<|im_end|>"]
     assert text(tok, second) == (
         "<|im_start|>system\nYou translate.<|im_end|>\n"
         "<|im_start|>user\nTranslate: rice<|im_end|>\n<|im_start|>assistant\n米饭<|im_end|>\n"
         "<|im_start|>user\nTranslate: tea<|im_end|>\n<|im_start|>assistant\n茶<|im_end|>\n"
         "<|im_start|>user\nTranslate to Chinese.<|im_end|>\n<|im_start|>assistant\n奶茶<|im_end|>\n")
-    assert loss_spans(tok, second) == ["米饭<|im_end|>", "茶<|im_end|>", "奶茶<|im_end|>"]
+    assert spans(tok, second) == ["米饭<|im_end|>", "茶<|im_end|>", "奶茶<|im_end|>"]
     assert first["origin"].endswith("alpaca_en_demo.json:[0] (line 2)")
 
 
@@ -112,7 +103,7 @@ def test_sharegpt_with_system_string_tools_and_parallel_calls(tok, files):
         "<|im_start|>assistant\nA costs 18 yuan in Hangzhou, B 12 yuan in Suzhou.<|im_end|>\n"
         "<|im_start|>user\nThanks.<|im_end|>\n<|im_start|>assistant\nYou are welcome.<|im_end|>\n")
     # the calls and answers are learnt; tool responses (and system, user) never are
-    assert loss_spans(tok, sample) == [calls + IM_END, "A costs 18 yuan in Hangzhou, B 12 yuan in Suzhou.<|im_end|>",
+    assert spans(tok, sample) == [calls + IM_END, "A costs 18 yuan in Hangzhou, B 12 yuan in Suzhou.<|im_end|>",
                                        "You are welcome.<|im_end|>"]
 
 
@@ -135,7 +126,7 @@ def test_role_tag_variant(tok, files):
     (sample,) = encode(tok, files["role_tag"])
     assert text(tok, sample) == ("<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\nHi, what do you need?"
                                  "<|im_end|>\n")
-    assert loss_spans(tok, sample) == ["Hi, what do you need?<|im_end|>"]
+    assert spans(tok, sample) == ["Hi, what do you need?<|im_end|>"]
 
 
 def test_ms_swift_agent_roles(tok, files):
@@ -148,7 +139,7 @@ def test_ms_swift_agent_roles(tok, files):
         "<|im_start|>user\n<tool_response>\n{\"options\": [\"A 18 yuan\"]}\n</tool_response>\n"
         "<tool_response>\n{\"options\": [\"B 12 yuan\"]}\n</tool_response><|im_end|>\n"
         "<|im_start|>assistant\nA is 18 yuan, B is 12 yuan.<|im_end|>\n")
-    assert loss_spans(tok, sample) == [f"Let me search both cities.\n\n{calls}<|im_end|>",
+    assert spans(tok, sample) == [f"Let me search both cities.\n\n{calls}<|im_end|>",
                                        "A is 18 yuan, B is 12 yuan.<|im_end|>"]
 
 
@@ -158,11 +149,11 @@ def test_query_response_and_prompt_completion(tok, files):
                              "<|im_start|>user\nMilk tea price in Hangzhou?<|im_end|>\n<|im_start|>assistant\n18 yuan."
                              "<|im_end|>\n<|im_start|>user\nAnd in Suzhou?<|im_end|>\n<|im_start|>assistant\n12 yuan."
                              "<|im_end|>\n")
-    assert loss_spans(tok, qr) == ["18 yuan.<|im_end|>", "12 yuan.<|im_end|>"]
+    assert spans(tok, qr) == ["18 yuan.<|im_end|>", "12 yuan.<|im_end|>"]
     (pc,) = encode(tok, files["prompt_completion"])
     assert text(tok, pc) == ("<|im_start|>user\nMilk tea price in Hangzhou?<|im_end|>\n<|im_start|>assistant\n"
                              "18 yuan.<|im_end|>\n")
-    assert loss_spans(tok, pc) == ["18 yuan.<|im_end|>"]
+    assert spans(tok, pc) == ["18 yuan.<|im_end|>"]
 
 
 def test_conversational_prompt_completion_learns_only_the_completion(tok, tmp_path):
@@ -171,7 +162,7 @@ def test_conversational_prompt_completion_learns_only_the_completion(tok, tmp_pa
                    {"role": "user", "content": "Price?"}],
         "completion": [{"role": "assistant", "content": "18 yuan."}]}])
     (sample,) = encode(tok, path)
-    assert loss_spans(tok, sample) == ["18 yuan.<|im_end|>"]
+    assert spans(tok, sample) == ["18 yuan.<|im_end|>"]
     assert "Hello.<|im_end|>" in text(tok, sample)
 
 
@@ -181,7 +172,7 @@ def test_llava_placeholders_with_an_images_list(tok, files):
     assert text(tok, first) == (f"<|im_start|>user\n{red}Who is this?<|im_end|>\n<|im_start|>assistant\n"
                                 f"A red circle.<|im_end|>\n<|im_start|>user\nAnd this one?{blue}<|im_end|>\n"
                                 "<|im_start|>assistant\nA blue square.<|im_end|>\n")
-    assert loss_spans(tok, first) == ["A red circle.<|im_end|>", "A blue square.<|im_end|>"]
+    assert spans(tok, first) == ["A red circle.<|im_end|>", "A blue square.<|im_end|>"]
     folder = files["llava"].parent / "mllm_demo_data"
     assert first["images"] == [str(folder / "1.png"), str(folder / "2.png")]
     assert first["image_grid_thw"] == [[1, 4, 4], [1, 2, 4]]
@@ -208,7 +199,7 @@ def test_openai_content_parts_file_url_and_tool_calls(tok, files):
         f"<|im_start|>assistant\n{call}<|im_end|>\n"
         "<|im_start|>user\n<tool_response>\n{\"options\": [\"A 18 yuan\"]}\n</tool_response><|im_end|>\n"
         "<|im_start|>assistant\nIt is tea: A costs 18 yuan.<|im_end|>\n")
-    assert loss_spans(tok, sample) == [call + IM_END, "It is tea: A costs 18 yuan.<|im_end|>"]
+    assert spans(tok, sample) == [call + IM_END, "It is tea: A costs 18 yuan.<|im_end|>"]
     assert sample["images"] == [str(files["llava"].parent / "mllm_demo_data" / "1.png")]
 
 
@@ -226,7 +217,7 @@ def test_columns_rename_the_files_keys(tok, files, tmp_path):
 
 def test_format_named_by_the_source(tok, files):
     (sample,) = encode(tok, files["role_tag"], format="messages")
-    assert loss_spans(tok, sample) == ["Hi, what do you need?<|im_end|>"]
+    assert spans(tok, sample) == ["Hi, what do you need?<|im_end|>"]
 
 
 # ---- pretraining text ----

@@ -50,18 +50,24 @@ def save_random_hf(family: str, folder: Path, with_mtp: bool = False, max_shard_
     if with_mtp:
         g = torch.Generator().manual_seed(11)
         mtp = {"mtp.fc.weight": torch.randn(64, 128, generator=g), "mtp.norm.weight": torch.randn(64, generator=g)}
-        save_file(mtp, str(folder / "mtp.safetensors"), metadata={"format": "pt"})
-        index_path = folder / "model.safetensors.index.json"
-        if index_path.exists():
-            index = json.loads(index_path.read_text())
-        else:
-            from safetensors import safe_open
-
-            with safe_open(str(folder / "model.safetensors"), "pt") as f:
-                index = {"metadata": {}, "weight_map": dict.fromkeys(f.keys(), "model.safetensors")}
-        index["weight_map"].update(dict.fromkeys(mtp, "mtp.safetensors"))
-        index_path.write_text(json.dumps(index))
+        add_mtp_shard(folder, mtp)
     return folder
+
+
+def add_mtp_shard(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Write `tensors` as `mtp.safetensors` beside the model's shards and list them in the index (made if the folder
+    had one unindexed `model.safetensors`), as released Qwen3.5 checkpoints store their mtp.* module."""
+    from safetensors import safe_open
+
+    save_file(tensors, str(folder / "mtp.safetensors"), metadata={"format": "pt"})
+    index_path = folder / "model.safetensors.index.json"
+    if index_path.exists():
+        index = json.loads(index_path.read_text())
+    else:
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            index = {"metadata": {}, "weight_map": dict.fromkeys(f.keys(), "model.safetensors")}
+    index["weight_map"].update(dict.fromkeys(tensors, "mtp.safetensors"))
+    index_path.write_text(json.dumps(index))
 
 
 def read_all(folder: Path) -> dict[str, torch.Tensor]:

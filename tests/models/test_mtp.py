@@ -10,13 +10,12 @@ with zc_norm(x) = x * rsqrt(mean(x^2) + eps) * (1 + w) written out here, not tak
 from __future__ import annotations
 
 import copy
-import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from tests.conftest import TINY_QWEN3_5, compose
+from tests.export.hf_folders import add_mtp_shard
 from train.config import validate
 from train.engine.losses import IGNORE_INDEX
 
@@ -199,17 +198,7 @@ def _released_folder(tmp_path, mtp: bool = True, drop: str | None = None):
     if drop:
         state.pop(drop)
     if mtp:
-        save_file(state, str(tmp_path / "mtp.safetensors"), metadata={"format": "pt"})
-        index_path = tmp_path / "model.safetensors.index.json"
-        if index_path.exists():
-            index = json.loads(index_path.read_text())
-        else:
-            from safetensors import safe_open
-
-            with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
-                index = {"metadata": {}, "weight_map": dict.fromkeys(f.keys(), "model.safetensors")}
-        index["weight_map"].update(dict.fromkeys(state, "mtp.safetensors"))
-        index_path.write_text(json.dumps(index))
+        add_mtp_shard(tmp_path, state)
     return tmp_path, model, mtp_module
 
 
