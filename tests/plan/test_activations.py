@@ -150,3 +150,47 @@ def test_decoder_layers_in_the_engine(world_of_one, model, experts_impl):
         predicted = (decoder_layer(text, layer_type, 4, kernels, S) - router_logits_for_loss(text, 4)) * B * S
         if i > 0:
             assert predicted == pytest.approx(measured, rel=0.05), (i, layer_type)
+
+
+@pytest.mark.parametrize("experts_impl", ["local_loop", "upstream"])
+def test_mtp_module_in_the_engine(world_of_one, experts_impl):
+    """The MTP layer, its head and its cross entropy, as the training loss runs them after a trunk forward."""
+    from train.engine.deepspeed_setup import build_engine
+    from train.engine.mtp_loss import MtpObjective, mtp_targets
+    from train.models.build import build_hf_config, build_model
+    from train.plan.activations import mtp_logits_row, mtp_module
+
+    cfg = compose([*TINY_QWEN3_5, "data.packing=per_document", "model.mtp_layers=1", "loss.mtp_coef=0.3",
+                   f"parallel.experts_impl={experts_impl}", f"data.seq_len={S}"])
+    hf = build_hf_config(cfg.model, vocab_size=512)
+    engine = build_engine(cfg, build_model(cfg.model, hf, torch.float32, 0))
+    objective = MtpObjective(engine.module)
+    ids = torch.randint(0, 512, (B, S), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[:, : S // 4] = -100  # a prompt: no loss there
+    before = {p.untyped_storage().data_ptr() for p in engine.module.parameters()}
+
+    def trunk_pack(t):
+        before.add(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(trunk_pack, lambda t: t):
+        out = engine(input_ids=ids, use_cache=False, output_router_logits=True)  # its graph kept alive
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in before:
+            seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        objective(labels)
+    text = hf.get_text_config()
+    rows = int((mtp_targets(labels, None) != -100).sum())
+    kernels = Kernels("cpu", experts_impl, "torch")
+    # as for the trunk's layers, the router logits kept for the losses are counted by the plan, saved by the loss
+    predicted = ((mtp_module(text, 4, kernels, S) - router_logits_for_loss(text, 4)) * B * S
+                 + mtp_logits_row(text, 4) * rows)
+    assert predicted == pytest.approx(sum(seen.values()), rel=0.02)
+    assert out.logits.shape == (B, S, 512)

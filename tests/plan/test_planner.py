@@ -121,3 +121,29 @@ def test_cli_prints_the_plan_and_check_sets_the_exit_status(tmp_path):
     assert "DOES NOT FIT" in bad.stdout and "changes that make it fit" in bad.stdout
     cfg = _plan_cli("--config-name", "sft", "model=qwen3_5_35b_a3b", "cluster=h200", "--cfg", "job")
     assert cfg.returncode == 0 and "cluster:" in cfg.stdout
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_an_mtp_layer_adds_its_activations_and_parameters(checkpointing):
+    """Qwen3.5 with `model.mtp_layers=1`: the plan holds the MTP layer's saved tensors and head rows (checkpointed
+    or not: the MTP layer is not checkpointed), and its parameters."""
+    from train.plan.activations import kernels_for, mtp_logits_row, mtp_module
+    from train.plan.planner import _hf_config, _masked
+
+    base = ["model=qwen3_5_35b_a3b", "cluster=h200", "data.seq_len=4096", "trainer.micro_batch_size=1",
+            "parallel.ep_size=8", f"model.activation_checkpointing={str(checkpointing).lower()}"]
+    plain = make_plan(compose(base), 8, suggest=False)
+    mtp = make_plan(compose([*base, "model.mtp_layers=1", "loss.mtp_coef=0.3"]), 8, suggest=False)
+    hf = _hf_config(compose(base))
+    t, kernels = hf.get_text_config(), kernels_for("cuda", "auto", 8)
+    masked = _masked(compose(base), hf, kernels)
+    expected = mtp_module(t, 2, kernels, 4096, masked) * 4096 + mtp_logits_row(t, 2) * 4095
+    for kind in ("checkpointing", "no checkpointing"):
+        added = (mtp.summary["activations_per_micro_batch_gib"][kind] - plain.summary["activations_per_micro_batch_gib"][kind]) * GIB
+        assert added == pytest.approx(expected), kind
+    assert mtp.memory.total > plain.memory.total + expected  # the states of its parameters come on top
+    assert expected > 4 * 2 ** 30  # ~5 GiB a 35B-A3B rank would otherwise not be told about
+    extra_params = mtp.summary["parameters"] - plain.summary["parameters"]
+    # at least fc [H, 2H] and the layer's routed experts (gate, up, down of each)
+    h, experts, inter = t.hidden_size, t.num_experts, t.moe_intermediate_size
+    assert extra_params > 2 * h * h + experts * 3 * h * inter

@@ -151,6 +151,25 @@ def decoder_layer(t: PretrainedConfig, layer_type: str, e: int, kernels: Kernels
             + shared_expert(t, e) + router_logits_for_loss(t, e))
 
 
+def mtp_module(t: PretrainedConfig, e: int, kernels: Kernels, seq_len: int, masked: bool = False) -> float:
+    """Bytes per token one multi-token prediction layer saves (train/models/mtp.py; it is not checkpointed). Its
+    three zero-centred norms feed ops that do not save their output (a cat, the layer's residual, a row gather),
+    so each keeps its fp32 input, rsqrt and normalised value; the hidden-state norm's input is the trunk's output
+    (saved by the trunk's head) in fp32, its fp32 copy in bf16. Then the concatenated fc input and one
+    full-attention decoder layer with its MoE block. Its logits are `mtp_logits_row`."""
+    H = t.hidden_size
+    kept_norm = 2 * FP32 * H + FP32
+    hidden_norm = FP32 * H + FP32 + (0 if e == FP32 else FP32 * H)
+    return (2 * kept_norm + hidden_norm + 2 * e * H
+            + decoder_layer(t, "full_attention", e, kernels, seq_len, masked))
+
+
+def mtp_logits_row(t: PretrainedConfig, e: int) -> float:
+    """Per row the MTP head predicts: the gathered head input and cross entropy's fp32 log-softmax (the logits
+    themselves, and their fp32 copy in bf16, are not saved)."""
+    return e * t.hidden_size + FP32 * t.vocab_size
+
+
 def layer_types(t: PretrainedConfig) -> list[str]:
     return list(getattr(t, "layer_types", None) or ["full_attention"] * t.num_hidden_layers)
 
@@ -168,13 +187,14 @@ class ActivationBytes:
 
 def micro_batch_activations(t: PretrainedConfig, micro_batch: int, seq_len: int, logits_rows: float, e: int,
                             kernels: Kernels, checkpointing: bool, expert_lora_bytes: float = 0.0,
-                            vision_bytes: float = 0.0, masked: bool = False) -> ActivationBytes:
+                            vision_bytes: float = 0.0, masked: bool = False, mtp_layers: int = 0) -> ActivationBytes:
     """Saved activations of one micro-batch of `micro_batch` rows x `seq_len` positions, `logits_rows` of which
     reach the LM head (`losses.labelled_logit_positions`).
 
     With activation checkpointing (transformers' non-reentrant checkpoint around each decoder layer) a layer
     keeps only its input until backward recomputes it; the layer being recomputed then holds its full set.
-    `expert_lora_bytes`: per MoE layer, the merged expert weights LoRA keeps in the graph.
+    `expert_lora_bytes`: per MoE layer, the merged expert weights LoRA keeps in the graph. `mtp_layers`: a
+    multi-token prediction layer (not checkpointed) and its head's logits, on as many rows as the LM head's.
     """
     tokens = micro_batch * seq_len
     H, V = t.hidden_size, t.vocab_size
@@ -192,7 +212,8 @@ def micro_batch_activations(t: PretrainedConfig, micro_batch: int, seq_len: int,
     logits = e * V * logits_rows + FP32 * V * logits_rows  # logits, and cross entropy's fp32 log-softmax
     if masked and kernels.device == "cuda":
         embeddings += micro_batch * seq_len * seq_len / tokens * tokens  # the boolean mask, shared by the layers
-    saved = embeddings + layers + final + logits + vision_bytes
+    mtp = mtp_layers * (mtp_module(t, e, kernels, seq_len, masked) * tokens + mtp_logits_row(t, e) * logits_rows)
+    saved = embeddings + layers + final + logits + vision_bytes + mtp
     # the gradients flowing through one MoE layer's experts are about as large as what they saved
     layer_backward = (routed_experts(t, e, kernels) + shared_expert(t, e)) * tokens
     return ActivationBytes(saved=saved, loss_backward=2 * FP32 * V * logits_rows, layer_recompute=recompute,

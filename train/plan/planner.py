@@ -233,9 +233,9 @@ def _parts(cfg, world: int, links: Links, hf_config: PretrainedConfig | None = N
         patches = cfg.data.image.max_pixels / (hf.vision_config.patch_size ** 2)
         vision = images * vision_tower(hf.vision_config, patches, e, bool(cfg.model.activation_checkpointing))
     act = micro_batch_activations(t, mb, seq, logits_rows, e, kernels, bool(cfg.model.activation_checkpointing),
-                                  expert_lora, vision, _masked(cfg, hf, kernels))
+                                  expert_lora, vision, _masked(cfg, hf, kernels), cfg.model.mtp_layers)
     other = micro_batch_activations(t, mb, seq, logits_rows, e, kernels, not cfg.model.activation_checkpointing,
-                                    expert_lora, vision, _masked(cfg, hf, kernels))
+                                    expert_lora, vision, _masked(cfg, hf, kernels), cfg.model.mtp_layers)
     with_ckpt, without = (act, other) if cfg.model.activation_checkpointing else (other, act)
     a2a_buffers = 2 * e * mb * seq * t.num_experts_per_tok * t.hidden_size if cfg.parallel.ep_size > 1 else 0.0
     mem = memory_plan(inv, layout, act, bool(cfg.model.activation_checkpointing), a2a_buffers,
