@@ -69,6 +69,23 @@ def reference_prompts(export: str, world: str, split: str, limit: int | None) ->
     return prompts
 
 
+def greedy_summary(spec_result: dict) -> dict:
+    """check_serving.sh's greedy check per engine (transformers, vllm, vllm+mtp): tokens, how many were the fp32
+    argmax, near ties within the serving dtype's rounding (with the largest gap beside its tolerance), violations."""
+    out: dict[str, dict] = {}
+    for row in spec_result["greedy_check"]:
+        s = out.setdefault(row["sequence"], {"tokens": 0, "fp32_argmax": 0, "near_ties": 0, "violations": 0,
+                                             "largest_tie_gap": 0.0, "its_tolerance": None})
+        s["tokens"] += row["tokens"]
+        s["fp32_argmax"] += row["greedy"]
+        s["near_ties"] += len(row["near_ties"])
+        s["violations"] += len(row["violations"])
+        for tie in row["near_ties"]:
+            if tie["gap"] >= s["largest_tie_gap"]:
+                s["largest_tie_gap"], s["its_tolerance"] = tie["gap"], tie["tolerance"]
+    return {"dtype": spec_result["dtype"], **out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--export", action="append", required=True, help="NAME=EXPORT_DIR (repeat)")
@@ -94,6 +111,7 @@ def main() -> None:
         r = rows[name]
         if name in vllm:
             r["vllm"] = {k: vllm[name][k] for k in ("acceptance", "accepted", "drafted", "prompts", "same_tokens")}
+            r["vllm"]["greedy_check"] = greedy_summary(vllm[name])
         print(f"{name:<10} mtp_acceptance {r['mtp_acceptance']:.3f}  mtp_token_acc {r['mtp_token_acc']:.3f}  "
               f"drafts {r['mtp_drafts']}  trunk token acc {r['reference_assistant_token_acc']:.3f}  "
               f"(head: {r['mtp']}, {r['wall_s']:.0f} s)", flush=True)

@@ -51,7 +51,7 @@ COMMON = ["data.seq_len=512", "data.vocab_size=4096", f"trainer.max_steps={STEPS
 
 def points() -> dict[str, list[str]]:
     """Name -> overrides: EP 1/2 x ZeRO 1/2/3 x checkpointing off/on x micro-batch 2/8 (Qwen3-MoE), and Qwen3.5-MoE
-    at EP 1/2, ZeRO-1 and 3, micro-batch 8, checkpointing off and on."""
+    at EP 1/2, ZeRO-1 and 3, micro-batch 8, checkpointing off and on, two of them with an MTP layer."""
     out = {}
     for ep, zero, ckpt, mb in itertools.product((1, 2), (1, 2, 3), (False, True), (2, 8)):
         name = f"q3_ep{ep}_z{zero}{'_ckpt' if ckpt else ''}_mb{mb}"
@@ -61,6 +61,11 @@ def points() -> dict[str, list[str]]:
         name = f"q35_ep{ep}_z{zero}{'_ckpt' if ckpt else ''}_mb8"
         out[name] = [*QWEN3_5, f"parallel.ep_size={ep}", f"deepspeed=zero{zero}",
                      f"model.activation_checkpointing={str(ckpt).lower()}", "trainer.micro_batch_size=8"]
+    for ep, ckpt in [(1, False), (2, True)]:  # with a multi-token prediction layer (ZeRO-3 refuses MTP)
+        name = f"q35_ep{ep}_z1{'_ckpt' if ckpt else ''}_mtp_mb8"
+        out[name] = [*QWEN3_5, f"parallel.ep_size={ep}", "deepspeed=zero1", "model.mtp_layers=1",
+                     "loss.mtp_coef=0.3", f"model.activation_checkpointing={str(ckpt).lower()}",
+                     "trainer.micro_batch_size=8"]
     return out
 
 

@@ -55,6 +55,13 @@ class TrainingData:
     streaming: StreamingSource | None = None
     validation: list[ValidationSet] = field(default_factory=list)
 
+    @property
+    def has_images(self) -> bool:
+        """Whether a training row carries an image (a stream: whether its sources can yield one)."""
+        if self.streaming is not None:
+            return self.streaming.multimodal
+        return rows_have_images(self.train_rows)
+
     def batches(self, micro_batch: int, grad_accum: int, rank: int, world_size: int, seed: int,
                 length_group_steps: int = 0):
         """This rank's resumable batches (map-style rows or its shard of the stream)."""
@@ -105,6 +112,16 @@ def source_name(src: SourceConfig) -> str:
     if src.name is not None:
         return src.name
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(src.path.rstrip("/")).stem) or "source"
+
+
+def rows_have_images(rows: datasets.Dataset | None) -> bool:
+    """Whether any packed row lists an image (read from the Arrow column, no row decoded)."""
+    if rows is None or "images" not in rows.column_names:
+        return False
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(rows.data.column("images"))
+    return bool(pc.max(lengths).as_py() or 0)
 
 
 def image_spec(cfg: DataConfig) -> ImageSpec:

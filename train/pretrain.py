@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from train.config import PretrainConfig, register_configs, to_container, validate
 from train.redaction import install_log_redaction, redact_config
@@ -52,7 +52,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
     from train.metrics.expert_load import CollapseMonitor, ExpertLoad
     from train.metrics.logger import MetricsLogger
     from train.metrics.throughput import device_peak_tflops, training_flops
-    from train.models.build import build_model
+    from train.models.build import build_model, frozen_for_text_only
 
     run_dir = Path(run_dir)
     dist_info = init_distributed(cfg.parallel.backend, cfg.parallel.timeout_s)
@@ -70,6 +70,13 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         raise ValueError(f"the tokenizer has {len(data.tokenizer)} tokens, the model's vocab_size is "
                          f"{hf_config.get_text_config().vocab_size}")
     align_vision_token_ids(hf_config, data.tokenizer, from_scratch=cfg.model.init_from is None)
+    frozen = frozen_for_text_only(cfg.model, data.has_images)
+    if frozen is not None:
+        with open_dict(cfg):
+            cfg.model.frozen = frozen
+        if dist_info.is_main:
+            log.info("the training data has no images: model.frozen=%s (the vision tower gets no gradient, optimizer "
+                     "state or weight decay, and is exported as loaded)", frozen)
     from train.metrics.memory import PeakMemory
     from train.plan.record import predict
 

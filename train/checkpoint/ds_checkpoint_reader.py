@@ -102,7 +102,7 @@ class DeepSpeedCheckpointReader:
             return tuple(self._states["module"][name].shape)
         if self.layout == "universal":
             return tuple(_load(self.dir / "zero" / name / "fp32.pt")["param"].shape)
-        return self._z3_dense_index[name][2]
+        return self._z3_dense_index[name][2] if name in self._z3_dense_index else self._z3_frozen[name]
 
     def read_expert(self, layer: MoELayer, expert: int) -> dict[str, torch.Tensor]:
         """{"w1": [I, H], "w2": [H, I], "w3": [I, H]} of one global expert."""
@@ -142,6 +142,11 @@ class DeepSpeedCheckpointReader:
                 self._z3_dense_index[name] = (g, offset, tuple(shape))
                 self._dense.append(name)
                 offset += math.ceil(numel / self._optim_meta(0, g)["partition_count"])
+        # Frozen parameters (model.frozen, a text-only run's vision tower) have no optimizer partition: each rank's
+        # model states hold its flat fragment, as DeepSpeed's zero_to_fp32 merges them.
+        self._z3_frozen = {n: tuple(shape) for n, shape in (first.get("frozen_param_shapes") or {}).items()
+                           if not EXPERT_PARAM.match(n)}
+        self._dense += [n for n in self._z3_frozen if n not in self._z3_dense_index]
 
     def _optim(self, rank: int) -> dict:
         if rank not in self._z3_optim:
@@ -161,6 +166,10 @@ class DeepSpeedCheckpointReader:
         return torch.cat(pieces)[:numel].view(shape).detach().clone()
 
     def _zero3_read(self, name: str) -> torch.Tensor:
+        if name in self._z3_frozen and name not in self._z3_dense_index:
+            shape = self._z3_frozen[name]
+            pieces = [states["frozen_param_fragments"][name] for states in self._z3_models]
+            return torch.cat(pieces)[:math.prod(shape)].view(shape).detach().clone()
         if name not in self._z3_dense_index:
             raise KeyError(f"{self.dir}: no parameter {name!r}")
         group, offset, shape = self._z3_dense_index[name]

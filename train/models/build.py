@@ -129,6 +129,23 @@ def build_model(model_cfg: ModelConfig, hf_config: PretrainedConfig, dtype: torc
     return model
 
 
+VISION_PREFIX = "model.visual."  # Qwen3.5-MoE's vision tower, as transformers names its parameters
+
+
+def frozen_for_text_only(model_cfg: ModelConfig, has_images: bool) -> list[str] | None:
+    """`model.frozen` for a run whose training data has no image: the vision tower's prefix added (None: no change).
+    Trainable, the tower would get only zero gradients while AdamW's decoupled weight decay shrank its weights
+    every step; frozen, it keeps no gradient or optimizer state and is exported as loaded (and ZeRO-3 never sees
+    a gradient taken outside a module's forward). Through `model.frozen`, the run's config.json, its plan and the
+    export's reference engine all see it."""
+    if has_images or model_cfg.family != "qwen3_5_moe" or model_cfg.lora.enabled:
+        return None
+    frozen = list(model_cfg.frozen)
+    if any(VISION_PREFIX.startswith(prefix) for prefix in frozen):
+        return None
+    return [*frozen, VISION_PREFIX]
+
+
 def set_trainable(model: torch.nn.Module, prefixes: list[str], trainable: bool, key: str) -> int:
     """Set requires_grad on parameters whose names start with one of `prefixes`; returns how many elements.
     A prefix that matches nothing is an error naming `key`."""

@@ -87,9 +87,16 @@ def _hf_keys(model) -> set[str]:
 
 
 def _model_cfg(cfg):
+    """The model config as the run builds it: `init_from` resolved, and the vision tower frozen when the data has no
+    images (`train.models.build.frozen_for_text_only`, which the run applies once it has read its data)."""
+    from train.models.build import frozen_for_text_only
+
     model = cfg.model
     if OmegaConf.is_config(model) and OmegaConf.is_missing(model, "init_from"):
         model = OmegaConf.merge(model, {"init_from": None})
+    frozen = frozen_for_text_only(model, _images_per_micro_batch(cfg) > 0)
+    if frozen is not None:
+        model = OmegaConf.merge(model, {"frozen": frozen})
     return model
 
 
