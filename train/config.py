@@ -49,6 +49,9 @@ class ModelConfig:
     # Parameter-name prefixes kept frozen (requires_grad=False), e.g. ["model.visual."] to fine-tune the language
     # model on top of a pretrained vision tower. A prefix that matches nothing is an error.
     frozen: list[str] = field(default_factory=list)
+    # Qwen3.5: when the training data has no image, add "model.visual." to `frozen` (the tower would get only zero
+    # gradients and weight decay). false: keep it trainable (to resume a checkpoint saved with it trainable).
+    freeze_vision_without_images: bool = True
     trust_remote_code: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
     # Qwen3.5 multi-token prediction layers trained beside the trunk (`mtp.*`, the draft head of vLLM/SGLang
@@ -348,9 +351,9 @@ def _validate_mtp(cfg: PretrainConfig | DictConfig) -> None:
         raise ValueError("model.mtp_layers with model.lora.enabled=true is not supported yet: LoRA freezes every base "
                          "weight, the MTP layer's included; train it in a full fine-tune")
     if layers and cfg.deepspeed.zero_stage == 3:
-        raise ValueError("model.mtp_layers with deepspeed.zero_stage=3 is not supported yet: the MTP layer runs after "
-                         "the engine's forward, and ZeRO-3 has released parameters it needs in backward (gradients "
-                         "of the partitioned size 0); use ZeRO stage 1 or 2")
+        raise ValueError("model.mtp_layers with deepspeed.zero_stage=3 is not supported yet: an MTP layer is tested "
+                         "under ZeRO-1/2 only, and its loss takes a zero gradient outside any module's forward when a "
+                         "micro-batch has no MTP target, which ZeRO-3 cannot reduce; use ZeRO stage 1 or 2")
 
 
 def to_container(cfg: PretrainConfig | DictConfig) -> dict:

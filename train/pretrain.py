@@ -52,7 +52,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
     from train.metrics.expert_load import CollapseMonitor, ExpertLoad
     from train.metrics.logger import MetricsLogger
     from train.metrics.throughput import device_peak_tflops, training_flops
-    from train.models.build import build_model, frozen_for_text_only
+    from train.models.build import build_model, check_zero3_vision, frozen_for_text_only
 
     run_dir = Path(run_dir)
     dist_info = init_distributed(cfg.parallel.backend, cfg.parallel.timeout_s)
@@ -70,6 +70,7 @@ def pretrain(cfg: PretrainConfig | DictConfig, run_dir: str | os.PathLike) -> di
         raise ValueError(f"the tokenizer has {len(data.tokenizer)} tokens, the model's vocab_size is "
                          f"{hf_config.get_text_config().vocab_size}")
     align_vision_token_ids(hf_config, data.tokenizer, from_scratch=cfg.model.init_from is None)
+    check_zero3_vision(cfg.model, cfg.deepspeed.zero_stage, data.has_images)
     frozen = frozen_for_text_only(cfg.model, data.has_images)
     if frozen is not None:
         with open_dict(cfg):

@@ -3,6 +3,7 @@
   Z1  tiny Qwen3.5-MoE, generated text (no image), EP=2 on 2 processes, ZeRO-1, 3 steps, a checkpoint every step
   Z3  the same with ZeRO-3
   X1, X3  `torchrun -m train.export ... verify=true export.dtype=float32` of each run's step-3 checkpoint
+  R1  a copy of Z1 resumed on 1 process at EP=1 for a 4th step (through a universal checkpoint)
 Before, the vision tower got zero gradients taken outside any module's forward (`touch_unused`): ZeRO-3's backward
 failed (`0 != 64 Cannot reduce scatter gradients whose size is not same as the params`), and under ZeRO-1/2 AdamW's
 weight decay shrank the unused tower every step. And the ZeRO-3 checkpoint reader skipped frozen parameters, so the
@@ -10,6 +11,8 @@ export lacked them (117 of 150 tensors; `verify` caught it by the logits).
 """
 
 from __future__ import annotations
+
+import shutil
 
 import pytest
 import torch
@@ -35,6 +38,9 @@ def runs(tmp_path_factory, shared_data):
                                        f"out={base / f'export{zero}'}", "export.dtype=float32", "verify=true",
                                        "export.verify_atol=1e-5"], shared_data, module="train.export")
         out[f"export{zero}"] = base / f"export{zero}"
+    shutil.copytree(base / "z1", base / "r1")
+    out["r1"] = run_pretrain(base / "r1", 1, [*RUN, "deepspeed=zero1", "parallel.ep_size=1",
+                                               "trainer.grad_accum_steps=2", "trainer.max_steps=4"], shared_data)
     return out
 
 
@@ -70,3 +76,15 @@ def test_zero3_export_holds_every_tensor_and_verifies(runs):
     for name in one:
         if ".visual." in f".{name}":
             assert torch.equal(one[name], three[name]), name
+
+
+def test_a_resharded_resume_keeps_the_tower_frozen(runs):
+    from train.checkpoint.ds_checkpoint_reader import DeepSpeedCheckpointReader
+
+    assert "loading through a universal checkpoint" in runs["r1"].output
+    ckpts = runs["r1"].run_dir / "checkpoints"
+    before, after = DeepSpeedCheckpointReader(ckpts / "step_00000003"), DeepSpeedCheckpointReader(ckpts / "step_00000004")
+    vision = [n for n in before.dense_names() if ".visual." in f".{n}"]
+    assert len(vision) == 33
+    assert all(torch.equal(before.read(n), after.read(n)) for n in vision)
+    assert sum(not torch.equal(before.read(n), after.read(n)) for n in before.dense_names()) > 0

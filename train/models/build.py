@@ -138,12 +138,25 @@ def frozen_for_text_only(model_cfg: ModelConfig, has_images: bool) -> list[str] 
     every step; frozen, it keeps no gradient or optimizer state and is exported as loaded (and ZeRO-3 never sees
     a gradient taken outside a module's forward). Through `model.frozen`, the run's config.json, its plan and the
     export's reference engine all see it."""
-    if has_images or model_cfg.family != "qwen3_5_moe" or model_cfg.lora.enabled:
+    if has_images or not getattr(model_cfg, "freeze_vision_without_images", True) or not vision_trains(model_cfg):
         return None
-    frozen = list(model_cfg.frozen)
-    if any(VISION_PREFIX.startswith(prefix) for prefix in frozen):
-        return None
-    return [*frozen, VISION_PREFIX]
+    return [*model_cfg.frozen, VISION_PREFIX]
+
+
+def vision_trains(model_cfg: ModelConfig) -> bool:
+    """Whether a Qwen3.5 run trains its vision tower (not under `model.frozen`, not LoRA)."""
+    return (model_cfg.family == "qwen3_5_moe" and not model_cfg.lora.enabled
+            and not any(VISION_PREFIX.startswith(prefix) for prefix in model_cfg.frozen))
+
+
+def check_zero3_vision(model_cfg: ModelConfig, zero_stage: int, has_images: bool) -> None:
+    """Refuse ZeRO-3 with a trainable vision tower and images in the data: a micro-batch without an image gives the
+    tower zero gradients taken outside its forward (every rank must reduce the same gradients), which ZeRO-3's
+    partitioned parameters cannot take (gloo: `Received data size doesn't match expected size`)."""
+    if zero_stage == 3 and has_images and vision_trains(model_cfg):
+        raise ValueError("deepspeed.zero_stage=3 with images in the training data needs the vision tower frozen: "
+                         "set model.frozen=[model.visual.] (the language model still learns to read it), or use "
+                         "deepspeed=zero1/zero2 to train the tower too")
 
 
 def set_trainable(model: torch.nn.Module, prefixes: list[str], trainable: bool, key: str) -> int:
